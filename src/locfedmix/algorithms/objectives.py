@@ -1,0 +1,83 @@
+"""Client objectives: which local module a client keeps and which local loss shapes its lower model."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from locfedmix.algorithms.parts import (
+    ClientObjective,
+    GradientSource,
+    LocalClassifier,
+    Reconstruction,
+    ReconstructionLoss,
+    ServerGradient,
+)
+from locfedmix.models import build_aux_classifier, build_decoder
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by a constant on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return _ScaleGradient.apply(x, scale)
+
+
+def build_head(
+    objective: ClientObjective, cut_shape: tuple[int, ...], input_shape: tuple[int, int, int], n_classes: int
+) -> nn.Module | None:
+    """The client's auxiliary module: a classifier head (LocSplitFed), a decoder (LocFedMix-SL) or none."""
+    match objective:
+        case LocalClassifier():
+            return build_aux_classifier(cut_shape, n_classes)
+        case Reconstruction():
+            return build_decoder(cut_shape, input_shape)
+    return None
+
+
+def receives_server_gradient(objective: ClientObjective) -> bool:
+    """Whether the server sends ∂L_i/∂s_i down to the client at all."""
+    match objective:
+        case LocalClassifier():
+            return False
+        case Reconstruction(source=GradientSource.LOCAL_ONLY):
+            return False
+    return True
+
+
+def reconstruction_loss(kind: ReconstructionLoss, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L_rec of paper Eq. 8 as reconstructed: MSE(h(s), x) by default; BCE against the [0, 1] image as in the
+    group's InfoPro code."""
+    if kind is ReconstructionLoss.BCE:
+        return F.binary_cross_entropy_with_logits(decoded, x)
+    return F.mse_loss(decoded, x)
+
+
+def local_loss(
+    objective: ClientObjective, head: nn.Module | None, smashed: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor | None:
+    """The client-side loss whose gradient joins the server gradient in the lower model (None for plain SL).
+
+    For the reconstruction regularizer, the lower model must receive γ ∇L_rec while the decoder learns from L_rec
+    itself; scaling the gradient at the cut gives exactly that with one backward pass.
+    """
+    match objective:
+        case ServerGradient():
+            return None
+        case LocalClassifier():
+            assert head is not None
+            return F.cross_entropy(head(smashed), y)
+        case Reconstruction(gamma=gamma, loss=kind, source=source):
+            assert head is not None
+            to_lower = 0.0 if source is GradientSource.SERVER_ONLY else gamma
+            return reconstruction_loss(kind, head(scale_gradient(smashed, to_lower)), x)
+    raise TypeError(f"unknown client objective {objective!r}")

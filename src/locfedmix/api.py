@@ -1,0 +1,82 @@
+"""The one-call API: `run(config)` trains one algorithm on one federation and returns its summary."""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from locfedmix.config import Config
+from locfedmix.data.datasets import Dataset, load_dataset
+from locfedmix.data.partition import label_histograms, partition, split_validation
+from locfedmix.engines.federation import build_federation, steps_per_round, train_round
+from locfedmix.evaluation import evaluate_federation
+from locfedmix.results import RunDirectory
+from locfedmix.rng import numpy_generator
+
+
+@dataclass
+class FederatedData:
+    dataset: Dataset
+    client_indices: list[np.ndarray]  # indices into dataset.x_train
+    val_indices: np.ndarray  # into dataset.x_train, shuffled (evaluation shards must be random)
+    test_order: np.ndarray  # a shuffled order of the test set
+
+    def histograms(self) -> list[list[int]]:
+        labels = self.dataset.y_train.numpy()
+        return label_histograms(labels, self.client_indices, self.dataset.n_classes)
+
+
+def federate(config: Config) -> FederatedData:
+    """Load the dataset, hold out the validation split, and partition the rest among the clients."""
+    dataset = load_dataset(config.dataset, config.data.dir, config.seed)
+    labels = dataset.y_train.numpy()
+    train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
+    parts = partition(
+        config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
+        samples_per_client=config.samples_per_client or None, alpha=config.data.dirichlet_alpha,
+        min_samples=config.data.min_samples, classes_per_client=config.data.classes_per_client,
+    )
+    shuffle = numpy_generator(config.seed, "evaluation-order")
+    return FederatedData(dataset, [train[p] for p in parts], shuffle.permutation(val),
+                         shuffle.permutation(len(dataset.y_test)))
+
+
+def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
+        label: str | None = None) -> dict[str, Any]:
+    """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`."""
+    started = time.perf_counter()
+    algo = config.resolved_algorithm()
+    data = federate(config)
+    ds = data.dataset
+    fed = build_federation(config, algo, ds.input_shape, ds.n_classes, [len(i) for i in data.client_indices])
+    run_dir = RunDirectory(out, config, overwrite) if out is not None else None
+    x_val, y_val = ds.x_train[data.val_indices], ds.y_train[data.val_indices]
+    x_test, y_test = ds.x_test[data.test_order], ds.y_test[data.test_order]
+    total = config.rounds * steps_per_round(fed, data.client_indices, config.batch_size)
+    rows = []
+    with tqdm(total=total, desc=label or config.algorithm, disable=not progress, leave=False, unit="step") as bar:
+        for r in range(1, config.rounds + 1):
+            train_loss = train_round(fed, ds.x_train, ds.y_train, data.client_indices, config.batch_size, r,
+                                     on_step=bar.update)
+            if r % config.eval.every and r != config.rounds:
+                continue
+            val_loss, val_acc = evaluate_federation(fed, x_val, y_val, config.eval.batch_size) if len(y_val) else (
+                float("nan"), float("nan"))
+            test_loss, test_acc = evaluate_federation(fed, x_test, y_test, config.eval.batch_size)
+            rows.append(dict(round=r, step=fed.step, algorithm=config.algorithm, n_clients=config.n_clients,
+                             train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc,
+                             test_loss=test_loss, test_accuracy=test_acc))
+            if run_dir:
+                run_dir.append(rows[-1])
+            bar.set_postfix(test_acc=f"{test_acc:.3f}")
+    summary = {
+        "algorithm": config.algorithm, "parts": repr(algo), "final": rows[-1], "steps": fed.step,
+        "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+        "wall_seconds": time.perf_counter() - started, "label_histograms": data.histograms(),
+    }
+    if run_dir:
+        run_dir.write_summary(summary)
+    return summary

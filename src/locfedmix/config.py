@@ -1,0 +1,189 @@
+"""The experiment configuration: one frozen, validated tree loaded once at the edge (TOML file + --set overrides)."""
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
+from locfedmix.algorithms.parts import GradientSource, ReconstructionLoss, ServerLayout
+from locfedmix.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class OptimizerName(StrEnum):
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class OptimizerConfig(_Section):
+    name: OptimizerName = OptimizerName.ADAM
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class DataConfig(_Section):
+    dir: str | None = None
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    min_samples: int = Field(1, ge=1)
+    classes_per_client: int = Field(2, ge=1)
+
+
+class AlgoSwitches(_Section):
+    """Switches on the declared algorithm's parts; unset (None) keeps the algorithm's default (catalog.SWITCHES)."""
+
+    loc: bool | None = None
+    mix: bool | None = None
+    fed: bool | None = None
+    client_grad: GradientSource | None = None
+    rec_loss: ReconstructionLoss | None = None
+    gamma: float | None = Field(None, ge=0)
+    partners: int | None = Field(None, ge=1)
+    mix_alpha: float | None = Field(None, gt=0)
+    per_sample_lambda: bool | None = None
+    mix_extra_step: bool | None = None
+    sync_every: int | None = Field(None, ge=0)
+    average_heads: bool | None = None
+    handoff_every: int | None = Field(None, ge=0)
+    server_layout: ServerLayout | None = None
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(32, ge=1, description="small batches run fastest on CPU (measured)")
+    every: int = Field(1, ge=1, description="evaluate every this many rounds (and after the last)")
+
+
+def _check_name(kind: str, name: str, allowed: list[str]) -> str:
+    if name not in allowed:
+        raise ValueError(f"unknown {kind} '{name}'; choose one of: {', '.join(allowed)}")
+    return name
+
+
+class Config(_Section):
+    algorithm: str
+    dataset: str
+    model: str = "cnn"
+    partition: str = "iid"
+    n_clients: int = Field(ge=1)
+    samples_per_client: int = Field(0, ge=0, description="cap per client; 0 = all of the client's share")
+    rounds: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+    cut: int = Field(0, ge=0, description="blocks on the client; 0 = the model's default")
+    client_optimizer: OptimizerConfig = OptimizerConfig()
+    server_optimizer: OptimizerConfig = OptimizerConfig()
+    data: DataConfig = DataConfig()
+    algo: AlgoSwitches = AlgoSwitches()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        return _check_name("algorithm", v, list(ALGORITHMS))
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        from locfedmix.data.datasets import DATASETS
+
+        return _check_name("dataset", v, sorted(DATASETS))
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, v: str) -> str:
+        from locfedmix.data.partition import PARTITIONERS
+
+        return _check_name("partitioner", v, sorted(PARTITIONERS))
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        from locfedmix.models import model_names
+
+        return _check_name("model", v, model_names())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        from locfedmix.models import n_blocks
+
+        if self.cut and not 1 <= self.cut < n_blocks(self.model):
+            raise ValueError(
+                f"cut={self.cut} is outside model '{self.model}' ({n_blocks(self.model)} blocks); "
+                f"choose a cut in 1..{n_blocks(self.model) - 1} (0 = default)"
+            )
+        if self.algo.partners is not None and self.algo.partners > self.n_clients - 1:
+            raise ValueError(f"algo.partners={self.algo.partners} needs at least {self.algo.partners + 1} clients")
+        try:
+            self.resolved_algorithm()
+        except UserError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def resolved_algorithm(self):
+        """The catalog's declaration of `algorithm` with the `algo.*` switches applied."""
+        return resolve_algorithm(self.algorithm, self.algo.model_dump(exclude_none=True))
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section: Any = model
+        for part in error["loc"][:-1]:
+            section = section.model_fields[part].annotation
+        return f"unknown config key '{where}'; allowed: {', '.join(section.model_fields)}"
+    if error["type"] == "missing":
+        return f"missing config key '{where}'"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error":
+        return f"{where}: {message}" if where else message
+    return f"{where}={error['input']!r}: {message}"
+
+
+def validate(tree: dict[str, Any]) -> Config:
+    """Build the Config, reporting every problem at once on one line."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise UserError("; ".join(_describe(e, Config) for e in err.errors())) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value), the value read as a TOML literal (a bare word stays a string)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set '{text}' is not key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return tree
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file '{path}' not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"config file '{path}' is not valid TOML: {err}") from None

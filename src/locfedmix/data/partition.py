@@ -1,0 +1,167 @@
+"""Splitting a labelled training set among clients (IID, Dirichlet, shards) and holding out a validation set."""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from locfedmix.errors import UserError
+
+# Dirichlet draws are retried this often before giving up on min_samples.
+MAX_DIRICHLET_TRIES = 100
+
+
+@dataclass(frozen=True)
+class _Options:
+    samples_per_client: int | None
+    alpha: float
+    min_samples: int
+    classes_per_client: int
+
+
+Partitioner = Callable[[np.ndarray, int, np.random.Generator, _Options], list[np.ndarray]]
+
+
+def _iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
+    pool = rng.permutation(len(labels))
+    if opts.samples_per_client is not None:
+        # Cut the pool first so that every client gets exactly the cap whenever the data suffice.
+        pool = pool[: n_clients * opts.samples_per_client]
+    return np.array_split(pool, n_clients)
+
+
+def _dirichlet_once(labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: float) -> list[np.ndarray]:
+    shares: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        proportions = rng.dirichlet(np.full(n_clients, alpha))
+        cuts = np.round(np.cumsum(proportions)[:-1] * len(members)).astype(np.int64)
+        for client, chunk in enumerate(np.split(members, cuts)):
+            shares[client].append(chunk)
+    return [np.concatenate(chunks) for chunks in shares]
+
+
+def _dirichlet(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
+    if opts.min_samples * n_clients > len(labels):
+        raise UserError(
+            f"min_samples={opts.min_samples} is impossible for {n_clients} clients sharing {len(labels)} samples; "
+            f"lower min_samples or use fewer clients"
+        )
+    for _ in range(MAX_DIRICHLET_TRIES):
+        parts = _dirichlet_once(labels, n_clients, rng, opts.alpha)
+        if min(len(part) for part in parts) >= opts.min_samples:
+            return parts
+    raise UserError(
+        f"dirichlet partition with alpha={opts.alpha} left some client below min_samples={opts.min_samples} "
+        f"in {MAX_DIRICHLET_TRIES} tries; lower min_samples or raise alpha"
+    )
+
+
+def _deal_classes(classes: np.ndarray, n_clients: int, k: int, rng: np.random.Generator) -> list[list[int]]:
+    # Deal classes like cards from reshuffled decks: the first deck covers every class before any repeats
+    # (so all classes are used once n_clients * k >= n_classes) and holders per class stay balanced.
+    deck: list[int] = []
+    hands: list[list[int]] = []
+    for _ in range(n_clients):
+        hand: list[int] = []
+        while len(hand) < k:
+            if all(card in hand for card in deck):
+                deck.extend(int(c) for c in rng.permutation(classes))
+            card = next(card for card in deck if card not in hand)
+            deck.remove(card)
+            hand.append(card)
+        hands.append(hand)
+    return hands
+
+
+def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
+    classes = np.unique(labels)
+    if opts.classes_per_client > len(classes):
+        raise UserError(
+            f"classes_per_client={opts.classes_per_client} exceeds the {len(classes)} classes in the labels; "
+            f"choose 1..{len(classes)}"
+        )
+    hands = _deal_classes(classes, n_clients, opts.classes_per_client, rng)
+    shares: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+    for cls in classes:
+        holders = [client for client, hand in enumerate(hands) if cls in hand]
+        if holders:
+            chunks = np.array_split(rng.permutation(np.flatnonzero(labels == cls)), len(holders))
+            for client, chunk in zip(holders, chunks):
+                shares[client].append(chunk)
+    return [np.concatenate(chunks) for chunks in shares]
+
+
+PARTITIONERS: dict[str, Partitioner] = {
+    "iid": _iid,
+    "dirichlet": _dirichlet,
+    "shards": _shards,
+}
+
+
+def _check_arguments(name: str, n_samples: int, n_clients: int, opts: _Options) -> None:
+    if name not in PARTITIONERS:
+        raise UserError(f"unknown partitioner '{name}'; choose one of: {', '.join(sorted(PARTITIONERS))}")
+    if n_clients < 1:
+        raise UserError(f"n_clients={n_clients} is invalid; it must be at least 1")
+    if n_clients > n_samples:
+        raise UserError(f"n_clients={n_clients} exceeds the {n_samples} training samples available")
+    if opts.samples_per_client is not None and opts.samples_per_client < 1:
+        raise UserError(f"samples_per_client={opts.samples_per_client} is invalid; it must be at least 1 (or unset)")
+    if not opts.alpha > 0:
+        raise UserError(f"alpha={opts.alpha} is invalid; the Dirichlet concentration must be > 0")
+    if opts.min_samples < 0:
+        raise UserError(f"min_samples={opts.min_samples} is invalid; it must be at least 0")
+    if opts.classes_per_client < 1:
+        raise UserError(f"classes_per_client={opts.classes_per_client} is invalid; it must be at least 1")
+
+
+def _cap(part: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    if cap is None or len(part) <= cap:
+        return part
+    return rng.choice(part, size=cap, replace=False)
+
+
+def partition(
+    name: str,
+    labels: np.ndarray,
+    n_clients: int,
+    rng: np.random.Generator,
+    *,
+    samples_per_client: int | None = None,
+    alpha: float = 0.5,
+    min_samples: int = 1,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """One sorted, disjoint int64 index array (into `labels`) per client; deterministic given `rng`.
+
+    `alpha` and `min_samples` drive 'dirichlet' (Flower's alpha / min_partition_size, checked before the cap);
+    `classes_per_client` drives 'shards'; `samples_per_client` caps every client by random subsampling."""
+    labels = np.asarray(labels)
+    opts = _Options(samples_per_client, alpha, min_samples, classes_per_client)
+    _check_arguments(name, len(labels), n_clients, opts)
+    parts = PARTITIONERS[name](labels, n_clients, rng, opts)
+    return [np.sort(_cap(part, samples_per_client, rng)).astype(np.int64) for part in parts]
+
+
+def split_validation(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified hold-out: (train_indices, val_indices), sorted and disjoint, together covering every index;
+    each class sends round(fraction * its count) samples to validation."""
+    if not 0 <= fraction < 1:
+        raise UserError(f"validation fraction={fraction} is invalid; it must be in [0, 1)")
+    labels = np.asarray(labels)
+    val = [
+        rng.permutation(members)[: round(fraction * len(members))]
+        for members in (np.flatnonzero(labels == cls) for cls in np.unique(labels))
+    ]
+    val_idx = np.sort(np.concatenate([np.empty(0, np.int64), *val])).astype(np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels), dtype=np.int64), val_idx)
+    return train_idx, val_idx
+
+
+def label_histograms(labels: np.ndarray, parts: list[np.ndarray], n_classes: int) -> list[list[int]]:
+    """Per client, the number of its samples in each class 0..n_classes-1."""
+    labels = np.asarray(labels)
+    return [np.bincount(labels[part], minlength=n_classes).tolist() for part in parts]

@@ -1,0 +1,108 @@
+"""One training step, shared by every algorithm: the paper's Fig. 7 flow, read top to bottom.
+
+clients forward → uploads → server loss (+ SmashMix) → server update → cut gradients down →
+client backward (+ local objective) → client optimizer steps. A sequential schedule is the same step with one client.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from locfedmix.algorithms.catalog import Algorithm
+from locfedmix.algorithms.objectives import local_loss, receives_server_gradient
+from locfedmix.algorithms.parts import ClientObjective, ServerLayout
+from locfedmix.algorithms.smashmix import smashmix_loss
+from locfedmix.engines.state import Client, Server
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def train_step(
+    algo: Algorithm,
+    clients: list[Client],
+    server: Server,
+    batches: dict[int, Batch],
+    weights: dict[int, float],
+    mix_rng: np.random.Generator,
+) -> float:
+    """Run one step for the participating clients (`batches`, with data-size weights δ_i); return Σ δ_i L_i."""
+    send_down = receives_server_gradient(algo.objective)
+    smashed = {i: clients[i].lower(batch.x) for i, batch in sorted(batches.items())}
+    uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.items()}
+    labels = {i: batch.y for i, batch in batches.items()}
+    loss, cut_grads = server_step(algo, server, uploads, labels, weights, mix_rng)
+    for i in smashed:
+        client_step(algo.objective, clients[i], smashed[i], cut_grads.get(i), batches[i])
+    return loss
+
+
+def real_loss(upper: torch.nn.Module, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
+              weights: dict[int, float]) -> torch.Tensor:
+    """Σ_i δ_i L_i with L_i the mean CE of client i's batch; all uploads go through the upper model as one batch."""
+    ids = list(uploads)
+    logits = upper(torch.cat([uploads[i] for i in ids]))
+    ce = F.cross_entropy(logits, torch.cat([labels[i] for i in ids]), reduction="none")
+    parts = ce.split([uploads[i].shape[0] for i in ids])
+    return torch.stack([weights[i] * part.mean() for i, part in zip(ids, parts)]).sum()
+
+
+def server_step(algo: Algorithm, server: Server, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
+                weights: dict[int, float], mix_rng: np.random.Generator) -> tuple[float, dict[int, torch.Tensor]]:
+    """Update the upper model(s); return the real loss and each client's cut gradient ∂L_i/∂s_i (own loss, unweighted)."""
+    if algo.server_layout is ServerLayout.PER_CLIENT:
+        return _per_client_server_step(server, uploads, labels, weights)
+    upper, optimizer = server.uppers[0], server.optimizers[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss = real_loss(upper, uploads, labels, weights)
+    total = loss
+    if algo.mixer is not None and not algo.mixer.extra_step:
+        mixed = smashmix_loss(upper, uploads, labels, weights, algo.mixer, mix_rng)
+        total = loss if mixed is None else loss + mixed
+    total.backward()
+    optimizer.step()
+    if algo.mixer is not None and algo.mixer.extra_step:
+        optimizer.zero_grad(set_to_none=True)
+        mixed = smashmix_loss(upper, uploads, labels, weights, algo.mixer, mix_rng)
+        if mixed is not None:
+            mixed.backward()
+            optimizer.step()
+    # The server loss is Σ δ_i L_i, so its gradient at s_i is δ_i ∂L_i/∂s_i; the client gets its own loss's gradient.
+    grads = {i: u.grad / weights[i] for i, u in uploads.items() if u.grad is not None}
+    return loss.item(), grads
+
+
+def _per_client_server_step(server: Server, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
+                            weights: dict[int, float]) -> tuple[float, dict[int, torch.Tensor]]:
+    """SplitFed v1: copy i of the upper model is updated by client i's own loss L_i alone."""
+    total = 0.0
+    for i, u in uploads.items():
+        upper, optimizer = server.upper_of(i), server.optimizers[i]
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(upper(u), labels[i])
+        loss.backward()
+        optimizer.step()
+        total += weights[i] * loss.item()
+    return total, {i: u.grad for i, u in uploads.items() if u.grad is not None}
+
+
+def client_step(objective: ClientObjective, client: Client, smashed: torch.Tensor, cut_grad: torch.Tensor | None,
+                batch: Batch) -> None:
+    """Back-propagate the server's cut gradient (if any) and the local objective's loss (if any), then step."""
+    client.optimizer.zero_grad(set_to_none=True)
+    roots, grads = [], []
+    if cut_grad is not None:
+        roots.append(smashed)
+        grads.append(cut_grad)
+    local = local_loss(objective, client.head, smashed, batch.x, batch.y)
+    if local is not None:
+        roots.append(local)
+        grads.append(torch.ones_like(local))
+    if roots:
+        torch.autograd.backward(roots, grads)
+    client.optimizer.step()

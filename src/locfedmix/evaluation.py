@@ -1,0 +1,63 @@
+"""Evaluation of the composed model (lower ∘ upper) as the algorithm would deploy it."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from locfedmix.algorithms.parts import Relay
+from locfedmix.engines.federation import Federation
+
+
+@torch.no_grad()
+def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean CE and accuracy (a fraction) of upper(lower(x)) in eval mode; restores the modules' training mode."""
+    modes = lower.training, upper.training
+    lower.eval(), upper.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = upper(lower(x[start:start + batch_size]))
+        target = y[start:start + batch_size]
+        loss += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(1) == target).sum())
+    lower.train(modes[0]), upper.train(modes[1])
+    return loss / max(len(y), 1), correct / max(len(y), 1)
+
+
+def _identical(modules: list[nn.Module]) -> bool:
+    first = modules[0].state_dict()
+    return all(all(torch.equal(first[k], v) for k, v in m.state_dict().items()) for m in modules[1:])
+
+
+def deployed_models(fed: Federation) -> list[tuple[nn.Module, nn.Module, float]]:
+    """(lower, upper, weight) pairs to evaluate: the relay's current model for sequential SL; the one model when all
+    clients agree (after FedAvg); otherwise every client's own pair, weighted by its data size δ_i."""
+    if isinstance(fed.algo.sync, Relay):
+        holder = fed.holder if fed.holder is not None else 0
+        return [(fed.clients[holder].lower, fed.server.upper_of(holder), 1.0)]
+    lowers = [c.lower for c in fed.clients]
+    if _identical(lowers) and _identical(fed.server.uppers):
+        return [(lowers[0], fed.server.uppers[0], 1.0)]
+    total = sum(fed.sizes)
+    return [(c.lower, fed.server.upper_of(i), n / total) for i, (c, n) in enumerate(zip(fed.clients, fed.sizes))]
+
+
+def shard_bounds(weights: list[float], n: int) -> list[int]:
+    """Cut n samples into consecutive shards proportional to the weights (boundaries 0 = b_0 ≤ … ≤ b_k = n)."""
+    cumulative = np.cumsum([0.0, *weights]) / sum(weights)
+    return [int(round(c * n)) for c in cumulative]
+
+
+def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(loss, accuracy) of the deployed models. Where clients hold different models, client i is scored on its own
+    shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
+    pass instead of N."""
+    pairs = deployed_models(fed)
+    bounds = shard_bounds([w for _, _, w in pairs], len(y))
+    loss = correct = 0.0
+    for (lower, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
+        if stop > start:
+            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size)
+            loss += shard_loss * (stop - start)
+            correct += shard_acc * (stop - start)
+    return loss / len(y), correct / len(y)

@@ -1,0 +1,42 @@
+"""Experiments: a config file, its --set overrides, and an optional [sweep] table expanded into one Config per cell."""
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from locfedmix.config import Config, apply_overrides, read_toml, validate
+from locfedmix.errors import UserError
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    *sections, key = dotted.split(".")
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    node = tree
+    for part in sections:
+        node[part] = dict(node.get(part, {}))
+        node = node[part]
+    node[key] = value
+    return tree
+
+
+def expand_sweep(tree: dict[str, Any]) -> list[tuple[str, Config]]:
+    """Every combination of the [sweep] lists, labelled by the value (one key) or `key=value-...` (several); without a sweep, one unlabelled cell."""
+    tree = dict(tree)
+    sweep = tree.pop("sweep", {})
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        raise UserError("[sweep] must map config keys to non-empty lists of values")
+    if not sweep:
+        return [("", validate(tree))]
+    cells = []
+    for values in itertools.product(*sweep.values()):
+        cell = tree
+        for key, value in zip(sweep, values):
+            cell = _set(cell, key, value)
+        label = str(values[0]) if len(sweep) == 1 else "-".join(
+            f"{key.split('.')[-1]}={value}" for key, value in zip(sweep, values))
+        cells.append((label, validate(cell)))
+    return cells
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> list[tuple[str, Config]]:
+    return expand_sweep(apply_overrides(read_toml(path), list(overrides)))

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny federations built straight from a Config, on generated tensors."""
+
+import pytest
+import torch
+
+from locfedmix.config import validate
+from locfedmix.engines.federation import build_federation
+
+INPUT_SHAPE = (1, 8, 8)
+N_CLASSES = 10
+
+
+def make_config(algorithm: str, **overrides):
+    tree = {"algorithm": algorithm, "dataset": "synthetic", "n_clients": 1, "rounds": 1, "batch_size": 4, "seed": 3}
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            tree.setdefault(section, {})[name] = value
+        else:
+            tree[key] = value
+    return validate(tree)
+
+
+def make_federation(algorithm: str, sizes=None, **overrides):
+    config = make_config(algorithm, **overrides)
+    sizes = sizes or [1] * config.n_clients
+    return build_federation(config, config.resolved_algorithm(), INPUT_SHAPE, N_CLASSES, sizes)
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(48, *INPUT_SHAPE, generator=g)
+    y = torch.randint(0, N_CLASSES, (48,), generator=g)
+    return x, y

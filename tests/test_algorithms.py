@@ -1,0 +1,236 @@
+"""Oracle tests of the algorithms: each step against centralized or hand-written training (DESIGN.md §6)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import make_federation
+from locfedmix.algorithms.schedule import client_batches
+from locfedmix.engines.federation import train_round
+from locfedmix.engines.step import Batch, server_step
+from locfedmix.rng import numpy_generator
+
+SGD = dict(client_optimizer__name="sgd", client_optimizer__lr=0.1, server_optimizer__name="sgd",
+           server_optimizer__lr=0.1)
+
+
+def params(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def assert_same(a: nn.Module | list, b: nn.Module | list, atol: float = 0.0) -> None:
+    a = params(a) if isinstance(a, nn.Module) else a
+    b = params(b) if isinstance(b, nn.Module) else b
+    assert len(a) == len(b)
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, atol=atol, rtol=0)
+
+
+def split_indices(n_clients: int, per_client: int) -> list[np.ndarray]:
+    return [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
+
+
+def centralized_sgd(lower: nn.Module, upper: nn.Module, x, y, batches, lr: float) -> nn.Module:
+    """Plain SGD on upper∘lower over the given batches: the oracle for one-client split learning."""
+    model = nn.Sequential(copy.deepcopy(lower), copy.deepcopy(upper))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for idx in batches:
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("algorithm", ["sl", "psl", "sfl", "sflv2"])
+def test_one_client_equals_centralized_training(algorithm, data):
+    x, y = data
+    fed = make_federation(algorithm, sizes=[24], **SGD)
+    model = centralized_sgd(fed.clients[0].lower, fed.server.uppers[0], x, y, [], 0.1)
+    idx = split_indices(1, 24)
+    for r in (1, 2):
+        train_round(fed, x, y, idx, 4, r)
+        batches = client_batches(idx[0], 4, numpy_generator(fed.seed, "batches", 0, r))
+        model = centralized_sgd(model[0], model[1], x, y, batches, 0.1)
+    assert_same(fed.clients[0].lower, model[0], atol=1e-6)
+    assert_same(fed.server.uppers[0], model[1], atol=1e-6)
+
+
+def test_sl_relay_equals_centralized_training_over_clients_in_turn(data):
+    x, y = data
+    fed = make_federation("sl", sizes=[12, 12, 12], n_clients=3, **SGD)
+    model = nn.Sequential(copy.deepcopy(fed.clients[0].lower), copy.deepcopy(fed.server.uppers[0]))
+    idx = split_indices(3, 12)
+    train_round(fed, x, y, idx, 4, 1)
+    order = [b for i in range(3) for b in client_batches(idx[i], 4, numpy_generator(fed.seed, "batches", i, 1))]
+    model = centralized_sgd(model[0], model[1], x, y, order, 0.1)
+    assert fed.holder == 2
+    assert_same(fed.clients[2].lower, model[0], atol=1e-6)
+    assert_same(fed.server.uppers[0], model[1], atol=1e-6)
+
+
+def run_steps(algorithm: str, data, rounds: int = 2, **overrides):
+    x, y = data
+    fed = make_federation(algorithm, sizes=[16, 16, 16], n_clients=3, **overrides)
+    for r in range(1, rounds + 1):
+        train_round(fed, x, y, split_indices(3, 16), 4, r)
+    return fed
+
+
+def test_locfedmix_with_all_parts_off_equals_psl(data):
+    psl = run_steps("psl", data)
+    plain = run_steps("locfedmix", data, algo__loc=False, algo__mix=False, algo__fed=False)
+    for a, b in zip(psl.clients, plain.clients):
+        assert_same(a.lower, b.lower)
+    assert_same(psl.server.uppers[0], plain.server.uppers[0])
+
+
+def test_locfedmix_with_only_fed_equals_sfl(data):
+    sfl = run_steps("sfl", data)
+    fed_only = run_steps("locfedmix", data, algo__loc=False, algo__mix=False)
+    for a, b in zip(sfl.clients, fed_only.clients):
+        assert_same(a.lower, b.lower)
+    assert_same(sfl.server.uppers[0], fed_only.server.uppers[0])
+
+
+def test_each_locfedmix_part_changes_the_training(data):
+    full = run_steps("locfedmix", data, rounds=1)
+    for part in ("loc", "mix", "fed"):
+        ablated = run_steps("locfedmix", data, rounds=1, **{f"algo__{part}": False})
+        differs = any(not torch.equal(a, b) for a, b in zip(params(full.clients[1].lower),
+                                                            params(ablated.clients[1].lower)))
+        assert differs, part
+
+
+def uploads_of(fed, x, y):
+    smashed = {i: c.lower(x[i * 4:(i + 1) * 4]) for i, c in enumerate(fed.clients)}
+    uploads = {i: s.detach().requires_grad_(True) for i, s in smashed.items()}
+    labels = {i: y[i * 4:(i + 1) * 4] for i in smashed}
+    return uploads, labels
+
+
+def test_no_client_receives_gradient_from_mixed_samples(data):
+    x, y = data
+    grads, uppers = [], []
+    for mix in (True, False):
+        switches = {"algo__partners": 2} if mix else {"algo__mix": False}
+        fed = make_federation("locfedmix", sizes=[1, 1, 1], n_clients=3, **switches)
+        uploads, labels = uploads_of(fed, x, y)
+        _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1, 2]),
+                             numpy_generator(0, "mix"))
+        grads.append(cut)
+        uppers.append(params(fed.server.uppers[0]))
+    for i in range(3):
+        assert torch.equal(grads[0][i], grads[1][i])
+    assert any(not torch.equal(a, b) for a, b in zip(*uppers)), "mixing must change the server update"
+
+
+def test_cut_gradient_is_the_gradient_of_the_clients_own_loss(data):
+    x, y = data
+    fed = make_federation("psl", sizes=[1, 3], n_clients=2)
+    upper = copy.deepcopy(fed.server.uppers[0])
+    uploads, labels = uploads_of(fed, x, y)
+    _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
+    for i in (0, 1):
+        s = uploads[i].detach().requires_grad_(True)
+        # the server forwards all uploads as one batch; the upper model here has no batch-coupled layers
+        expected, = torch.autograd.grad(F.cross_entropy(upper(s), labels[i]), s)
+        torch.testing.assert_close(cut[i], expected, atol=1e-7, rtol=1e-5)
+
+
+def test_locsplitfed_sends_nothing_down_and_clients_follow_their_local_loss(data):
+    x, y = data
+    fed = make_federation("locsplitfed", sizes=[1, 1], n_clients=2, **SGD)
+    client = fed.clients[0]
+    lower, head = copy.deepcopy(client.lower), copy.deepcopy(client.head)
+    opt = torch.optim.SGD(list(lower.parameters()) + list(head.parameters()), lr=0.1)
+    F.cross_entropy(head(lower(x[:4])), y[:4]).backward()
+    opt.step()
+    uploads, labels = uploads_of(fed, x, y)
+    uploads = {i: u.detach() for i, u in uploads.items()}
+    _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
+    assert cut == {}
+    from locfedmix.engines.step import client_step
+
+    client_step(fed.algo.objective, client, client.lower(x[:4]), None, Batch(x[:4], y[:4]))
+    assert_same(client.lower, lower, atol=1e-7)
+    assert_same(client.head, head, atol=1e-7)
+
+
+def test_sflv1_keeps_one_upper_copy_per_client_and_averages_them(data):
+    x, y = data
+    fed = make_federation("sflv1", sizes=[8, 24], n_clients=2, **SGD)
+    assert len(fed.server.uppers) == 2
+    start = copy.deepcopy(fed.server.uppers[0])
+    uploads, labels = uploads_of(fed, x, y)
+    server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
+    expected = []
+    for i in (0, 1):
+        upper = copy.deepcopy(start)
+        F.cross_entropy(upper(uploads[i].detach()), labels[i]).backward()
+        torch.optim.SGD(upper.parameters(), lr=0.1).step()
+        expected.append(params(upper))
+        assert_same(fed.server.uppers[i], expected[i], atol=1e-7)
+    from locfedmix.engines.federation import synchronize
+
+    synchronize(fed, fed.algo.sync)
+    mean = [0.25 * a + 0.75 * b for a, b in zip(*expected)]
+    for upper in fed.server.uppers:
+        assert_same(upper, mean, atol=1e-6)
+
+
+def test_sflv2_serves_clients_in_turn_from_the_global_model_then_averages(data):
+    x, y = data
+    fed = make_federation("sflv2", sizes=[8, 8], n_clients=2, **SGD)
+    start_lower, upper = copy.deepcopy(fed.clients[0].lower), copy.deepcopy(fed.server.uppers[0])
+    idx = split_indices(2, 8)
+    train_round(fed, x, y, idx, 4, 1)
+    order = numpy_generator(fed.seed, "order", 1).permutation(2)
+    upper_opt = torch.optim.SGD(upper.parameters(), lr=0.1)
+    lowers = {}
+    for i in order:
+        lower = copy.deepcopy(start_lower)
+        opt = torch.optim.SGD(lower.parameters(), lr=0.1)
+        for b in client_batches(idx[i], 4, numpy_generator(fed.seed, "batches", int(i), 1)):
+            opt.zero_grad(), upper_opt.zero_grad()
+            F.cross_entropy(upper(lower(x[b])), y[b]).backward()
+            opt.step(), upper_opt.step()
+        lowers[int(i)] = params(lower)
+    assert_same(fed.server.uppers[0], upper, atol=1e-6)
+    for client in fed.clients:
+        assert_same(client.lower, [0.5 * a + 0.5 * b for a, b in zip(lowers[0], lowers[1])], atol=1e-6)
+
+
+def test_reconstruction_regularizer_gradients(data):
+    x, y = data
+    gamma = 0.3
+    fed = make_federation("locfedmix", sizes=[1], algo__gamma=gamma, **SGD)
+    client = fed.clients[0]
+    lower, decoder = copy.deepcopy(client.lower), copy.deepcopy(client.head)
+    cut_grad = torch.randn(4, *client.lower(x[:4]).shape[1:])
+    s = lower(x[:4])
+    rec = F.mse_loss(decoder(s), x[:4])
+    g_server = torch.autograd.grad(s, list(lower.parameters()), cut_grad, retain_graph=True)
+    g_rec = torch.autograd.grad(rec, list(lower.parameters()) + list(decoder.parameters()))
+    n = len(g_server)
+    expected_lower = [p - 0.1 * (gs + gamma * gr) for p, gs, gr in zip(lower.parameters(), g_server, g_rec[:n])]
+    expected_decoder = [p - 0.1 * gr for p, gr in zip(decoder.parameters(), g_rec[n:])]
+    from locfedmix.engines.step import client_step
+
+    client_step(fed.algo.objective, client, client.lower(x[:4]), cut_grad, Batch(x[:4], y[:4]))
+    assert_same(client.lower, [e.detach() for e in expected_lower], atol=1e-6)
+    assert_same(client.head, [e.detach() for e in expected_decoder], atol=1e-6)
+
+
+def test_fedavg_every_t_steps_synchronizes_mid_round(data):
+    x, y = data
+    fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=3)
+    train_round(fed, x, y, split_indices(3, 16), 4, 1)  # 4 steps: averaged after step 3, then one more step
+    assert fed.step == 4
+    assert not torch.equal(params(fed.clients[0].lower)[0], params(fed.clients[1].lower)[0])
+    fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=2)
+    train_round(fed, x, y, split_indices(3, 16), 4, 1)
+    assert_same(fed.clients[0].lower, fed.clients[1].lower)

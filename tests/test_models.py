@@ -1,0 +1,169 @@
+"""Tests for locfedmix.models: exact split equivalence, cut shapes, auxiliary modules, errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from locfedmix.errors import UserError
+from locfedmix.models import (
+    build_aux_classifier,
+    build_decoder,
+    build_split_model,
+    default_cut,
+    model_names,
+    n_blocks,
+)
+
+SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
+CASES = [
+    (name, shape, cut)
+    for name in ("cnn", "resnet")
+    for shape in SHAPES
+    for cut in range(1, {"cnn": 4, "resnet": 5}[name])
+]
+
+
+def _build(name: str, shape: tuple[int, int, int], cut: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_split_model(name, shape, 10, cut)
+
+
+def test_registry() -> None:
+    assert model_names() == ["cnn", "resnet"]
+    assert (n_blocks("cnn"), default_cut("cnn")) == (4, 2)
+    assert (n_blocks("resnet"), default_cut("resnet")) == (5, 3)
+
+
+@pytest.mark.parametrize("name,shape,cut", CASES)
+def test_split_equals_unsplit_and_cut_shape(
+    name: str, shape: tuple[int, int, int], cut: int
+) -> None:
+    m = _build(name, shape, cut)
+    full = nn.Sequential(*m.lower, *m.upper).eval()
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        s = m.lower(x)
+        out = m.upper(s)
+        ref = full(x)
+    assert out.shape == (3, 10)
+    assert torch.equal(out, ref)
+    assert tuple(s.shape[1:]) == m.cut_shape
+    # The dry forward ran in eval mode and must leave the model in training mode.
+    assert m.lower.training and m.upper.training
+
+
+@pytest.mark.parametrize("name,shape,cut", CASES)
+def test_split_gradients_match_unsplit(name: str, shape: tuple[int, int, int], cut: int) -> None:
+    x = torch.randn(4, *shape)
+    y = torch.randint(0, 10, (4,))
+    split = _build(name, shape, cut)
+    s = split.lower(x)
+    s2 = s.detach().requires_grad_()
+    F.cross_entropy(split.upper(s2), y).backward()
+    s.backward(s2.grad)
+
+    same = _build(name, shape, cut)  # same seed, so identical weights
+    F.cross_entropy(nn.Sequential(*same.lower, *same.upper)(x), y).backward()
+    for (n, p), q in zip(split.lower.named_parameters(), same.lower.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=0), n
+
+
+def test_default_cut_shapes() -> None:
+    assert build_split_model("resnet", (3, 32, 32), 10).cut_shape == (32, 16, 16)
+    assert build_split_model("cnn", (1, 28, 28), 10).cut_shape == (64, 7, 7)
+    assert build_split_model("cnn", (1, 28, 28), 10, cut=3).cut_shape == (128,)
+
+
+def _resnet_param_count(c_in: int, n_classes: int) -> int:
+    """Hand count: conv3x3 = in*out*9 (no bias), BN = 2*out, projection = in*out + 2*out."""
+
+    def block(i: int, o: int, project: bool) -> int:
+        return i * o * 9 + 2 * o + o * o * 9 + 2 * o + ((i * o + 2 * o) if project else 0)
+
+    stem = c_in * 16 * 9 + 2 * 16
+    stage1 = 2 * block(16, 16, False)
+    stage2 = block(16, 32, True) + block(32, 32, False)
+    stage3 = block(32, 64, True) + 2 * block(64, 64, False)
+    head = 64 * n_classes + n_classes
+    return stem + stage1 + stage2 + stage3 + head
+
+
+def test_resnet_parameter_count() -> None:
+    assert _resnet_param_count(3, 10) == 249242
+    m = build_split_model("resnet", (3, 32, 32), 10)
+    n = sum(p.numel() for p in [*m.lower.parameters(), *m.upper.parameters()])
+    assert n == 249242
+
+
+@pytest.mark.parametrize("cut_shape", [(64, 7, 7), (128,)])
+def test_aux_modules_shapes(cut_shape: tuple[int, ...]) -> None:
+    s = torch.randn(5, *cut_shape)
+    assert build_aux_classifier(cut_shape, 10)(s).shape == (5, 10)
+    assert build_decoder(cut_shape, (1, 28, 28))(s).shape == (5, 1, 28, 28)
+    assert build_decoder(cut_shape, (3, 32, 32), hidden=8)(s).shape == (5, 3, 32, 32)
+
+
+def test_aux_classifier_is_tiny() -> None:
+    head = build_aux_classifier((32, 16, 16), 10)
+    assert sum(p.numel() for p in head.parameters()) == 32 * 10 + 10
+
+
+@pytest.mark.parametrize("cut", [2, 3])  # conv (64,2,2) and flat (128,) cuts
+def test_decoder_can_overfit(cut: int) -> None:
+    m = _build("cnn", (1, 8, 8), cut)
+    dec = build_decoder(m.cut_shape, (1, 8, 8))
+    # Smooth images, as real ones are; white noise cannot be recovered from a 2x2 map.
+    x = F.interpolate(torch.rand(4, 1, 4, 4), size=(8, 8), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        s = m.lower(x)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    first = F.mse_loss(dec(s), x).item()
+    for _ in range(200):
+        loss = F.mse_loss(dec(s), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert F.mse_loss(dec(s), x).item() < first / 5
+
+
+@pytest.mark.parametrize("name,cut", [("cnn", 2), ("cnn", 3), ("resnet", 3)])
+def test_decoder_gradient_reaches_lower(name: str, cut: int) -> None:
+    m = _build(name, (3, 32, 32), cut)
+    x = torch.rand(2, 3, 32, 32)
+    F.mse_loss(build_decoder(m.cut_shape, (3, 32, 32))(m.lower(x)), x).backward()
+    for n, p in m.lower.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"name": "resnt"}, "'resnt'"),
+        ({"name": "cnn", "cut": 0}, "cut=0"),
+        ({"name": "cnn", "cut": 4}, "cut=4"),
+        ({"name": "resnet", "cut": 5}, "cut=5"),
+        ({"name": "cnn", "input_shape": (1, 3, 3)}, "(1, 3, 3)"),
+        ({"name": "resnet", "input_shape": (3, 0, 8)}, "(3, 0, 8)"),
+        ({"name": "cnn", "n_classes": 0}, "n_classes=0"),
+    ],
+)
+def test_user_errors(kwargs: dict, needle: str) -> None:
+    args = {"input_shape": (1, 28, 28), "n_classes": 10} | kwargs
+    with pytest.raises(UserError) as err:
+        build_split_model(**args)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_error_messages_say_what_is_allowed() -> None:
+    with pytest.raises(UserError, match=r"cnn, resnet"):
+        build_split_model("resnt", (1, 28, 28), 10)
+    with pytest.raises(UserError, match=r"1\.\.3"):
+        build_split_model("cnn", (1, 28, 28), 10, cut=4)
+    with pytest.raises(UserError, match=r"at least 4"):
+        build_split_model("cnn", (1, 3, 3), 10)
+    with pytest.raises(UserError, match=r"'resnt'"):
+        n_blocks("resnt")
+    with pytest.raises(UserError, match=r"\(64, 7\)"):
+        build_aux_classifier((64, 7), 10)

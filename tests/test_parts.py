@@ -1,0 +1,112 @@
+"""Oracle tests of the small pure parts: FedAvg, SmashMix, schedules, the catalog's switches."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
+from locfedmix.algorithms.fedavg import average_states, federated_average
+from locfedmix.algorithms.parts import Parallel, Sequential
+from locfedmix.algorithms.schedule import client_batches, plan_round
+from locfedmix.algorithms.smashmix import draw_partners, mix, mixed_cross_entropy
+from locfedmix.errors import UserError
+
+
+def test_fedavg_of_identical_states_is_the_identity():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    averaged = average_states([state, state, state], [1, 2, 7])
+    for key in state:
+        torch.testing.assert_close(averaged[key], state[key], atol=1e-7, rtol=0)
+
+
+def test_fedavg_with_integer_weights_equals_the_hand_computed_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([4.0, 8.0]), "n": torch.tensor(9)}
+    averaged = average_states([a, b], [1, 2])
+    torch.testing.assert_close(averaged["w"], torch.tensor([3.0, 6.0]))
+    assert averaged["n"].item() == 5  # integer buffers are kept, not averaged
+
+
+def test_federated_average_broadcasts_the_mean_to_every_module():
+    nets = [nn.Linear(2, 1) for _ in range(2)]
+    with torch.no_grad():
+        nets[0].weight.fill_(1.0), nets[1].weight.fill_(3.0)
+    federated_average(nets, [3, 1])
+    for net in nets:
+        assert torch.allclose(net.weight, torch.full((1, 2), 1.5))
+
+
+def test_fedavg_rejects_mismatched_weights():
+    with pytest.raises(ValueError):
+        average_states([{"w": torch.zeros(1)}], [1, 2])
+
+
+def test_mix_with_lambda_one_returns_its_input():
+    s_i, s_j = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2)
+    assert torch.equal(mix(s_i, s_j, torch.ones(5)), s_i)
+    torch.testing.assert_close(mix(s_i, s_j, torch.full((5,), 0.25)), 0.25 * s_i + 0.75 * s_j)
+
+
+def test_mixed_cross_entropy_equals_soft_label_cross_entropy():
+    logits = torch.randn(6, 4)
+    y_i, y_j = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 3, 0, 1, 0, 2])
+    lam = torch.rand(6)
+    soft = lam[:, None] * F.one_hot(y_i, 4) + (1 - lam[:, None]) * F.one_hot(y_j, 4)
+    torch.testing.assert_close(soft.sum(1), torch.ones(6))  # mixed labels sum to one
+    expected = F.cross_entropy(logits, soft, reduction="none")
+    torch.testing.assert_close(mixed_cross_entropy(logits, y_i, y_j, lam), expected)
+
+
+@pytest.mark.parametrize("partners", [1, 2, 3])
+def test_each_client_gets_distinct_partners_other_than_itself(partners):
+    pairs = draw_partners([0, 1, 2, 3], partners, np.random.default_rng(0))
+    for i in range(4):
+        mine = [j for a, j in pairs if a == i]
+        assert len(mine) == partners and len(set(mine)) == partners and i not in mine
+    assert draw_partners([5], 1, np.random.default_rng(0)) == []
+
+
+def test_client_batches_cover_the_local_data_once():
+    idx = np.arange(10, 33)
+    batches = client_batches(idx, 5, np.random.default_rng(1))
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    assert sorted(torch.cat(batches).tolist()) == idx.tolist()
+
+
+def fake_batches(lengths):
+    return {i: [torch.tensor([i, t]) for t in range(n)] for i, n in enumerate(lengths)}
+
+
+def test_parallel_schedule_serves_every_client_with_data_left_each_step():
+    plans = list(plan_round(Parallel(), fake_batches([3, 1, 2]), np.random.default_rng(0)))
+    assert [sorted(p) for p in plans] == [[0, 1, 2], [0, 2], [0]]
+
+
+def test_sequential_schedule_hands_off_after_every_k_batches():
+    plans = list(plan_round(Sequential(handoff_every=2), fake_batches([3, 2]), np.random.default_rng(0)))
+    assert [next(iter(p)) for p in plans] == [0, 0, 1, 1, 0]
+    whole = list(plan_round(Sequential(), fake_batches([3, 2]), np.random.default_rng(0)))
+    assert [next(iter(p)) for p in whole] == [0, 0, 0, 1, 1]
+
+
+def test_every_algorithm_declares_its_parts():
+    assert list(ALGORITHMS) == ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix"]
+    assert resolve_algorithm("locfedmix", {"loc": False, "mix": False, "fed": False}).objective == ALGORITHMS[
+        "psl"].objective
+
+
+@pytest.mark.parametrize("name, switches, fragment", [
+    ("locfedmx", {}, "unknown algorithm 'locfedmx'"),
+    ("psl", {"mix": True}, "algo.mix"),
+    ("sl", {"sync_every": 2}, "algo.sync_every"),
+    ("sflv2", {"sync_every": 2}, "algo.sync_every"),
+    ("psl", {"handoff_every": 2}, "algo.handoff_every"),
+    ("locfedmix", {"server_layout": "per_client"}, "algo.server_layout"),
+    ("locfedmix", {"loc": False, "gamma": 2.0}, "algo.gamma"),
+])
+def test_switches_that_do_not_apply_are_refused(name, switches, fragment):
+    with pytest.raises(UserError, match=fragment):
+        resolve_algorithm(name, switches)

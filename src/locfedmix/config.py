@@ -5,7 +5,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
 from locfedmix.algorithms.parts import GradientSource, ReconstructionLoss, ServerLayout
@@ -60,10 +60,18 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and after the last)")
 
 
-def _check_name(kind: str, name: str, allowed: list[str]) -> str:
-    if name not in allowed:
-        raise ValueError(f"unknown {kind} '{name}'; choose one of: {', '.join(allowed)}")
-    return name
+def _registries() -> dict[str, tuple[str, list[str]]]:
+    """Config field → (what it names, the registered names); imported late so that loading a config stays cheap."""
+    from locfedmix.data.datasets import DATASETS
+    from locfedmix.data.partition import PARTITIONERS
+    from locfedmix.models import model_names
+
+    return {
+        "algorithm": ("algorithm", list(ALGORITHMS)),
+        "dataset": ("dataset", sorted(DATASETS)),
+        "partition": ("partitioner", sorted(PARTITIONERS)),
+        "model": ("model", model_names()),
+    }
 
 
 class Config(_Section):
@@ -83,31 +91,13 @@ class Config(_Section):
     algo: AlgoSwitches = AlgoSwitches()
     eval: EvalConfig = EvalConfig()
 
-    @field_validator("algorithm")
+    @field_validator("algorithm", "dataset", "partition", "model")
     @classmethod
-    def _algorithm(cls, v: str) -> str:
-        return _check_name("algorithm", v, list(ALGORITHMS))
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        from locfedmix.data.datasets import DATASETS
-
-        return _check_name("dataset", v, sorted(DATASETS))
-
-    @field_validator("partition")
-    @classmethod
-    def _partition(cls, v: str) -> str:
-        from locfedmix.data.partition import PARTITIONERS
-
-        return _check_name("partitioner", v, sorted(PARTITIONERS))
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        from locfedmix.models import model_names
-
-        return _check_name("model", v, model_names())
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        kind, allowed = _registries()[info.field_name]
+        if name not in allowed:
+            raise ValueError(f"unknown {kind} '{name}'; choose one of: {', '.join(allowed)}")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import make_federation
 from locfedmix.algorithms.schedule import client_batches
-from locfedmix.engines.federation import train_round
+from locfedmix.engines.federation import data_step, train_round
 from locfedmix.engines.step import Batch, server_step
 from locfedmix.rng import numpy_generator
 
@@ -52,7 +52,7 @@ def test_one_client_equals_centralized_training(algorithm, data):
     model = centralized_sgd(fed.clients[0].lower, fed.server.uppers[0], x, y, [], 0.1)
     idx = split_indices(1, 24)
     for r in (1, 2):
-        train_round(fed, x, y, idx, 4, r)
+        train_round(fed, idx, 4, r, data_step(x, y))
         batches = client_batches(idx[0], 4, numpy_generator(fed.seed, "batches", 0, r))
         model = centralized_sgd(model[0], model[1], x, y, batches, 0.1)
     assert_same(fed.clients[0].lower, model[0], atol=1e-6)
@@ -64,7 +64,7 @@ def test_sl_relay_equals_centralized_training_over_clients_in_turn(data):
     fed = make_federation("sl", sizes=[12, 12, 12], n_clients=3, **SGD)
     model = nn.Sequential(copy.deepcopy(fed.clients[0].lower), copy.deepcopy(fed.server.uppers[0]))
     idx = split_indices(3, 12)
-    train_round(fed, x, y, idx, 4, 1)
+    train_round(fed, idx, 4, 1, data_step(x, y))
     order = [b for i in range(3) for b in client_batches(idx[i], 4, numpy_generator(fed.seed, "batches", i, 1))]
     model = centralized_sgd(model[0], model[1], x, y, order, 0.1)
     assert fed.holder == 2
@@ -76,7 +76,7 @@ def run_steps(algorithm: str, data, rounds: int = 2, **overrides):
     x, y = data
     fed = make_federation(algorithm, sizes=[16, 16, 16], n_clients=3, **overrides)
     for r in range(1, rounds + 1):
-        train_round(fed, x, y, split_indices(3, 16), 4, r)
+        train_round(fed, split_indices(3, 16), 4, r, data_step(x, y))
     return fed
 
 
@@ -187,7 +187,7 @@ def test_sflv2_serves_clients_in_turn_from_the_global_model_then_averages(data):
     fed = make_federation("sflv2", sizes=[8, 8], n_clients=2, **SGD)
     start_lower, upper = copy.deepcopy(fed.clients[0].lower), copy.deepcopy(fed.server.uppers[0])
     idx = split_indices(2, 8)
-    train_round(fed, x, y, idx, 4, 1)
+    train_round(fed, idx, 4, 1, data_step(x, y))
     order = numpy_generator(fed.seed, "order", 1).permutation(2)
     upper_opt = torch.optim.SGD(upper.parameters(), lr=0.1)
     lowers = {}
@@ -228,9 +228,9 @@ def test_reconstruction_regularizer_gradients(data):
 def test_fedavg_every_t_steps_synchronizes_mid_round(data):
     x, y = data
     fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=3)
-    train_round(fed, x, y, split_indices(3, 16), 4, 1)  # 4 steps: averaged after step 3, then one more step
+    train_round(fed, split_indices(3, 16), 4, 1, data_step(x, y))  # 4 steps: averaged after step 3, then one more step
     assert fed.step == 4
     assert not torch.equal(params(fed.clients[0].lower)[0], params(fed.clients[1].lower)[0])
     fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=2)
-    train_round(fed, x, y, split_indices(3, 16), 4, 1)
+    train_round(fed, split_indices(3, 16), 4, 1, data_step(x, y))
     assert_same(fed.clients[0].lower, fed.clients[1].lower)

@@ -1,7 +1,7 @@
 """The one-call API: `run(config)` trains one algorithm on one federation and returns its summary."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
-from locfedmix.engines.federation import build_federation, steps_per_round, train_round
+from locfedmix.engines.federation import build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
+from locfedmix.latency.ledger import Direction
 from locfedmix.results import RunDirectory
 from locfedmix.rng import numpy_generator
 
@@ -44,6 +45,15 @@ def federate(config: Config) -> FederatedData:
                          shuffle.permutation(len(dataset.y_test)))
 
 
+def time_to_target(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Simulated seconds and steps until the test accuracy first reaches the target (at evaluation granularity)."""
+    reached = next((r for r in rows if r["test_accuracy"] >= target), None)
+    if reached is None:
+        return {"target_accuracy": target, "reached": False}
+    return {"target_accuracy": target, "reached": True, "round": reached["round"], "step": reached["step"],
+            "simulated_seconds": reached["simulated_seconds"]}
+
+
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
         label: str | None = None) -> dict[str, Any]:
     """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`."""
@@ -55,12 +65,12 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     run_dir = RunDirectory(out, config, overwrite) if out is not None else None
     x_val, y_val = ds.x_train[data.val_indices], ds.y_train[data.val_indices]
     x_test, y_test = ds.x_test[data.test_order], ds.y_test[data.test_order]
+    execute = data_step(ds.x_train, ds.y_train)
     total = config.rounds * steps_per_round(fed, data.client_indices, config.batch_size)
     rows = []
-    with tqdm(total=total, desc=label or config.algorithm, disable=not progress, leave=False, unit="step") as bar:
+    with tqdm(total=total, desc=label or config.algorithm, disable=None if progress else True, leave=False, unit="step") as bar:
         for r in range(1, config.rounds + 1):
-            train_loss = train_round(fed, ds.x_train, ds.y_train, data.client_indices, config.batch_size, r,
-                                     on_step=bar.update)
+            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
             if r % config.eval.every and r != config.rounds:
                 continue
             val_loss, val_acc = evaluate_federation(fed, x_val, y_val, config.eval.batch_size) if len(y_val) else (
@@ -68,13 +78,17 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
             test_loss, test_acc = evaluate_federation(fed, x_test, y_test, config.eval.batch_size)
             rows.append(dict(round=r, step=fed.step, algorithm=config.algorithm, n_clients=config.n_clients,
                              train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc,
-                             test_loss=test_loss, test_accuracy=test_acc))
+                             test_loss=test_loss, test_accuracy=test_acc, bytes_up=fed.ledger.total(Direction.UP),
+                             bytes_down=fed.ledger.total(Direction.DOWN), simulated_seconds=fed.clock.seconds))
             if run_dir:
                 run_dir.append(rows[-1])
             bar.set_postfix(test_acc=f"{test_acc:.3f}")
     summary = {
         "algorithm": config.algorithm, "parts": repr(algo), "final": rows[-1], "steps": fed.step,
         "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+        "time_to_target": time_to_target(rows, config.latency.target_accuracy),
+        "ledger_bytes": fed.ledger.state_dict(), "simulated": fed.clock.state_dict(),
+        "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
         "wall_seconds": time.perf_counter() - started, "label_histograms": data.histograms(),
     }
     if run_dir:

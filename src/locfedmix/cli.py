@@ -1,4 +1,4 @@
-"""Command line: `locfedmix run` and `locfedmix algorithms`; user mistakes end as one line on stderr, exit code 2."""
+"""Command line: `locfedmix run`, `latency` and `algorithms`; user mistakes end as one line on stderr, exit code 2."""
 
 import argparse
 import sys
@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    latency = commands.add_parser("latency", help="per-step and per-round latency of every algorithm, no training")
+    latency.add_argument("--config", required=True, help="TOML experiment file")
+    latency.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key; repeatable")
     commands.add_parser("algorithms", help="list the algorithms")
     return parser
 
@@ -37,19 +41,49 @@ def _run(args: argparse.Namespace) -> None:
     for label, config in cells:
         out = base / label if label else base
         summary = run(config, out, overwrite=args.overwrite, progress=not args.no_progress, label=label or None)
-        final = summary["final"]
-        results.append((label or config.algorithm, final["test_accuracy"], final["round"], summary["wall_seconds"]))
-        print(f"{label or config.algorithm}: test accuracy {final['test_accuracy']:.4f} after round "
-              f"{final['round']} → {out}", flush=True)
+        row = _result_row(label or config.algorithm, summary)
+        results.append(row)
+        print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}", flush=True)
     if len(results) > 1:
         print(_table(results))
 
 
-def _table(results: list[tuple[str, float, int, float]]) -> str:
-    width = max(len(r[0]) for r in results)
-    lines = [f"| {'run':<{width}} | test accuracy | rounds | seconds |", f"|{'-' * (width + 2)}|--------------:|-------:|--------:|"]
-    lines += [f"| {name:<{width}} | {acc:13.4f} | {rounds:6d} | {secs:7.1f} |" for name, acc, rounds, secs in results]
-    return "\n".join(lines)
+RESULT_HEADER = ("run", "test accuracy", "rounds", "MB up", "MB down", "time to target (simulated)", "wall s")
+
+
+def _result_row(name: str, summary: dict) -> tuple[str, ...]:
+    final, target = summary["final"], summary["time_to_target"]
+    reached = (f"{target['simulated_seconds']:.1f} s at {target['target_accuracy']:.0%}" if target["reached"]
+               else f"not reached ({target['target_accuracy']:.0%})")
+    return (name, f"{final['test_accuracy']:.4f}", str(final["round"]), f"{final['bytes_up'] / 1e6:.1f}",
+            f"{final['bytes_down'] / 1e6:.1f}", reached, f"{summary['wall_seconds']:.1f}")
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table, the first column left-aligned and the rest right-aligned."""
+    rows = [RESULT_HEADER, *rows]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(RESULT_HEADER))]
+    cells = lambda r: "| " + " | ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths)))
+    rule = "|" + "|".join("-" * (w + 1) + (":" if k else "-") for k, w in enumerate(widths)) + "|"
+    return "\n".join([cells(rows[0]) + " |", rule, *(cells(r) + " |" for r in rows[1:])])
+
+
+def _latency(args: argparse.Namespace) -> None:
+    from locfedmix.api import federate
+    from locfedmix.experiment import load_experiment
+    from locfedmix.latency.report import latency_table
+
+    seen = []
+    for label, config in load_experiment(args.config, args.overrides):
+        setting = config.model_dump(exclude={"algorithm", "algo"})
+        if setting in seen:  # cells that differ only in the algorithm share one table
+            continue
+        seen.append(setting)
+        data = federate(config)
+        profile = config.latency.resolved_profile()
+        print(f"\n{label or Path(args.config).stem}: {config.n_clients} clients, batch {config.batch_size}, "
+              f"profile '{config.latency.profile}' {profile}\n")
+        print(latency_table(config, data.dataset.input_shape, data.dataset.n_classes, data.client_indices))
 
 
 def _algorithms() -> None:
@@ -60,7 +94,7 @@ def _algorithms() -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        _run(args) if args.command == "run" else _algorithms()
+        {"run": _run, "latency": _latency, "algorithms": lambda _: _algorithms()}[args.command](args)
     except UserError as err:
         print(f"locfedmix: error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The experiment configuration: one frozen, validated tree loaded once at the edge (TOML file + --set overrides)."""
 
 import tomllib
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
 from locfedmix.algorithms.parts import GradientSource, ReconstructionLoss, ServerLayout
 from locfedmix.errors import UserError
+from locfedmix.latency.model import PROFILES, Profile
 
 
 class _Section(BaseModel):
@@ -55,6 +57,31 @@ class AlgoSwitches(_Section):
     server_layout: ServerLayout | None = None
 
 
+class LatencyConfig(_Section):
+    """The device/link profile of the latency model (a named profile, any parameter overridable) and the target
+    accuracy whose simulated time-to-reach each run reports."""
+
+    profile: str = "phone-lte"
+    client_flops: float | None = Field(None, gt=0)
+    server_flops: float | None = Field(None, gt=0)
+    uplink_bps: float | None = Field(None, gt=0)
+    downlink_bps: float | None = Field(None, gt=0)
+    link_delay_s: float | None = Field(None, ge=0)
+    label_bytes: int = Field(8, ge=1, le=8)
+    target_accuracy: float = Field(0.8, gt=0, le=1)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        if name not in PROFILES:
+            raise ValueError(f"unknown latency profile '{name}'; choose one of: {', '.join(PROFILES)}")
+        return name
+
+    def resolved_profile(self) -> Profile:
+        overrides = self.model_dump(include=set(Profile.__dataclass_fields__), exclude_none=True)
+        return replace(PROFILES[self.profile], **overrides)
+
+
 class EvalConfig(_Section):
     batch_size: int = Field(32, ge=1, description="small batches run fastest on CPU (measured)")
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and after the last)")
@@ -90,6 +117,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     algo: AlgoSwitches = AlgoSwitches()
     eval: EvalConfig = EvalConfig()
+    latency: LatencyConfig = LatencyConfig()
 
     @field_validator("algorithm", "dataset", "partition", "model")
     @classmethod

@@ -13,6 +13,7 @@ from locfedmix.errors import UserError
 
 METRIC_COLUMNS = [
     "round", "step", "algorithm", "n_clients", "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+    "bytes_up", "bytes_down", "simulated_seconds",
 ]
 
 

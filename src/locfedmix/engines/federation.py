@@ -1,6 +1,6 @@
-"""The federation: all run state (clients, server, step counter, relay holder) and one training round over it."""
+"""The federation: all run state (clients, server, ledger, clock, step counter, relay holder) and one round over it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -9,10 +9,13 @@ import torch
 from locfedmix.algorithms.catalog import Algorithm
 from locfedmix.algorithms.fedavg import federated_average
 from locfedmix.algorithms.parts import FedAvg, Relay, Sequential
-from locfedmix.algorithms.schedule import client_batches, plan_round
+from locfedmix.algorithms.schedule import StepPlan, client_batches, plan_round
 from locfedmix.config import Config
 from locfedmix.engines.state import Client, Server, build_client_head, build_clients, build_server
 from locfedmix.engines.step import Batch, train_step
+from locfedmix.latency.flops import SampleFlops, count_flops
+from locfedmix.latency.ledger import Direction, Kind, Ledger, module_bytes
+from locfedmix.latency.model import Clock, Profile, step_phases, sync_phases
 from locfedmix.models import build_split_model
 from locfedmix.rng import numpy_generator, seeded_torch
 
@@ -24,6 +27,11 @@ class Federation:
     server: Server
     sizes: list[int]  # |D_i|, for the data-size weights δ_i
     seed: int
+    ledger: Ledger
+    flops: SampleFlops
+    profile: Profile
+    cut_shape: tuple[int, ...]
+    clock: Clock = field(default_factory=Clock)
     step: int = 0
     holder: int | None = None  # sequential SL: the client holding the current lower model
 
@@ -42,36 +50,64 @@ def build_federation(
         head = build_client_head(algo, model, input_shape, n_classes)
     clients = build_clients(model, head, config.n_clients, config.client_optimizer)
     server = build_server(algo, model, config.n_clients, config.server_optimizer)
-    return Federation(algo, clients, server, sizes, config.seed)
+    flops = count_flops(model.lower, model.upper, head, input_shape)
+    ledger = Ledger(config.latency.label_bytes)
+    profile = config.latency.resolved_profile()
+    return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape)
 
 
 def hand_off(fed: Federation, to: int) -> None:
-    """Relay: the next client starts from the lower weights of the client that trained last."""
+    """Relay: the next client starts from the lower weights of the client that trained last (sent via the server)."""
     if fed.holder is not None and fed.holder != to:
-        fed.clients[to].lower.load_state_dict(fed.clients[fed.holder].lower.state_dict())
+        lower = fed.clients[fed.holder].lower
+        fed.clients[to].lower.load_state_dict(lower.state_dict())
+        fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, module_bytes(lower))
+        fed.ledger.send(to, Kind.LOWER, Direction.DOWN, module_bytes(lower))
+        fed.clock.advance(sync_phases(fed.profile, fed.ledger.close()))
     fed.holder = to
 
 
 def synchronize(fed: Federation, sync: FedAvg) -> None:
-    """FedAvg of the client models (and heads, and server copies, as the declaration says), δ-weighted."""
+    """FedAvg of the client models (and heads, and server copies, as the declaration says), δ-weighted: every
+    client uploads what is averaged and downloads the average; server copies are averaged on the server itself."""
     weights = list(fed.weights(range(len(fed.clients))).values())
-    federated_average([c.lower for c in fed.clients], weights)
+    groups = [(Kind.LOWER, [c.lower for c in fed.clients])]
     if sync.average_heads and fed.clients[0].head is not None:
-        federated_average([c.head for c in fed.clients], weights)
+        groups.append((Kind.HEAD, [c.head for c in fed.clients]))
+    for kind, modules in groups:
+        federated_average(modules, weights)
+        for i, module in enumerate(modules):
+            fed.ledger.send(i, kind, Direction.UP, module_bytes(module))
+            fed.ledger.send(i, kind, Direction.DOWN, module_bytes(module))
     if sync.average_server_copies and len(fed.server.uppers) > 1:
         federated_average(fed.server.uppers, weights)
+    fed.clock.advance(sync_phases(fed.profile, fed.ledger.close()))
+
+
+StepExecutor = Callable[["Federation", StepPlan], float]
+
+
+def data_step(x: torch.Tensor, y: torch.Tensor) -> StepExecutor:
+    """Run a planned step for real on the training tensors; returns the step's Σ δ_i L_i."""
+
+    def execute(fed: Federation, plan: StepPlan) -> float:
+        batches = {i: Batch(x[idx], y[idx]) for i, idx in plan.items()}
+        mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
+        return train_step(fed.algo, fed.clients, fed.server, batches, fed.weights(plan), mix_rng, fed.ledger)
+
+    return execute
 
 
 def train_round(
     fed: Federation,
-    x: torch.Tensor,
-    y: torch.Tensor,
     client_indices: list[np.ndarray],
     batch_size: int,
     round_index: int,
+    execute: StepExecutor,
     on_step: Callable[[], None] = lambda: None,
 ) -> float:
-    """One round (each client passes once over its data); returns the mean over steps of Σ δ_i L_i."""
+    """One round (each client passes once over its data): the schedule's steps, each executed, charged to the ledger
+    and the clock, with relay hand-offs and FedAvg when due. Returns the mean over steps of what `execute` returns."""
     algo, sync = fed.algo, fed.algo.sync
     batches = {
         i: client_batches(idx, batch_size, numpy_generator(fed.seed, "batches", i, round_index))
@@ -81,9 +117,9 @@ def train_round(
     for plan in plan_round(algo.schedule, batches, numpy_generator(fed.seed, "order", round_index)):
         if isinstance(sync, Relay):
             hand_off(fed, next(iter(plan)))
-        step_batches = {i: Batch(x[idx], y[idx]) for i, idx in plan.items()}
-        mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
-        losses.append(train_step(algo, fed.clients, fed.server, step_batches, fed.weights(plan), mix_rng))
+        losses.append(execute(fed, plan))
+        sizes = {i: len(idx) for i, idx in plan.items()}
+        fed.clock.advance(step_phases(algo, fed.flops, fed.profile, sizes, fed.ledger.close()))
         fed.step += 1
         if isinstance(sync, FedAvg) and sync.every_steps and fed.step % sync.every_steps == 0:
             synchronize(fed, sync)

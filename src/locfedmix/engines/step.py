@@ -15,6 +15,7 @@ from locfedmix.algorithms.objectives import local_loss, receives_server_gradient
 from locfedmix.algorithms.parts import ClientObjective, ServerLayout
 from locfedmix.algorithms.smashmix import smashmix_loss
 from locfedmix.engines.state import Client, Server
+from locfedmix.latency.ledger import Direction, Kind, Ledger
 
 
 @dataclass
@@ -30,6 +31,7 @@ def train_step(
     batches: dict[int, Batch],
     weights: dict[int, float],
     mix_rng: np.random.Generator,
+    ledger: Ledger,
 ) -> float:
     """Run one step for the participating clients (`batches`, with data-size weights δ_i); return Σ δ_i L_i."""
     send_down = receives_server_gradient(algo.objective)
@@ -37,9 +39,20 @@ def train_step(
     uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.items()}
     labels = {i: batch.y for i, batch in batches.items()}
     loss, cut_grads = server_step(algo, server, uploads, labels, weights, mix_rng)
+    record_step(ledger, uploads, labels, cut_grads)
     for i in smashed:
         client_step(algo.objective, clients[i], smashed[i], cut_grads.get(i), batches[i])
     return loss
+
+
+def record_step(ledger: Ledger, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
+                cut_grads: dict[int, torch.Tensor]) -> None:
+    """What crossed the network in this step: smashed data and labels up, cut gradients down."""
+    for i, upload in uploads.items():
+        ledger.send_tensor(i, Kind.SMASHED, Direction.UP, upload)
+        ledger.send_tensor(i, Kind.LABELS, Direction.UP, labels[i])
+    for i, grad in cut_grads.items():
+        ledger.send_tensor(i, Kind.GRADIENT, Direction.DOWN, grad)
 
 
 def real_loss(upper: torch.nn.Module, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],

@@ -1,0 +1,48 @@
+"""FLOPs per sample of each forward and backward pass, counted from the actual modules (torch.utils.flop_counter)."""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class SampleFlops:
+    """Per-sample FLOPs (matmuls and convolutions, as torch's counter counts them)."""
+
+    lower_fwd: float
+    lower_bwd: float  # from the cut gradient back to the weights (no gradient w.r.t. the raw input)
+    upper_fwd: float
+    upper_bwd: float  # includes the gradient w.r.t. the smashed data, which the server must send down
+    head_fwd: float = 0.0  # auxiliary classifier or decoder, when the algorithm has one
+    head_bwd: float = 0.0
+
+
+def _counted(fn) -> tuple[float, object]:
+    with FlopCounterMode(display=False) as counter:
+        result = fn()
+    return float(counter.get_total_flops()), result
+
+
+def count_flops(lower: nn.Module, upper: nn.Module, head: nn.Module | None, input_shape: tuple[int, ...],
+                batch: int = 2) -> SampleFlops:
+    """Count on copies (BatchNorm statistics of the real modules stay untouched), with a batch of `batch`."""
+    lower, upper, head = copy.deepcopy(lower), copy.deepcopy(upper), copy.deepcopy(head)
+    x = torch.rand(batch, *input_shape)
+    lower_fwd, smashed = _counted(lambda: lower(x))
+    upload = smashed.detach().requires_grad_(True)
+    upper_fwd, logits = _counted(lambda: upper(upload))
+    target = torch.zeros(batch, dtype=torch.long)
+    upper_bwd, _ = _counted(lambda: F.cross_entropy(logits, target).backward())
+    lower_bwd, _ = _counted(lambda: smashed.backward(upload.grad))
+    head_fwd = head_bwd = 0.0
+    if head is not None:
+        cut = smashed.detach().requires_grad_(True)
+        head_fwd, out = _counted(lambda: head(cut))
+        head_bwd, _ = _counted(lambda: out.square().mean().backward())
+    per = 1.0 / batch
+    return SampleFlops(lower_fwd * per, lower_bwd * per, upper_fwd * per, upper_bwd * per, head_fwd * per,
+                       head_bwd * per)

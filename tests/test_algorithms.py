@@ -11,7 +11,7 @@ from torch import nn
 from conftest import make_federation
 from locfedmix.algorithms.schedule import client_batches
 from locfedmix.engines.federation import data_step, train_round
-from locfedmix.engines.step import Batch, server_step
+from locfedmix.engines.step import server_step
 from locfedmix.rng import numpy_generator
 
 SGD = dict(client_optimizer__name="sgd", client_optimizer__lr=0.1, server_optimizer__name="sgd",
@@ -49,26 +49,26 @@ def centralized_sgd(lower: nn.Module, upper: nn.Module, x, y, batches, lr: float
 def test_one_client_equals_centralized_training(algorithm, data):
     x, y = data
     fed = make_federation(algorithm, sizes=[24], **SGD)
-    model = centralized_sgd(fed.clients[0].lower, fed.server.uppers[0], x, y, [], 0.1)
+    model = centralized_sgd(fed.clients.lower(0), fed.server.uppers[0], x, y, [], 0.1)
     idx = split_indices(1, 24)
     for r in (1, 2):
         train_round(fed, idx, 4, r, data_step(x, y))
         batches = client_batches(idx[0], 4, numpy_generator(fed.seed, "batches", 0, r))
         model = centralized_sgd(model[0], model[1], x, y, batches, 0.1)
-    assert_same(fed.clients[0].lower, model[0], atol=1e-6)
+    assert_same(fed.clients.lower(0), model[0], atol=1e-6)
     assert_same(fed.server.uppers[0], model[1], atol=1e-6)
 
 
 def test_sl_relay_equals_centralized_training_over_clients_in_turn(data):
     x, y = data
     fed = make_federation("sl", sizes=[12, 12, 12], n_clients=3, **SGD)
-    model = nn.Sequential(copy.deepcopy(fed.clients[0].lower), copy.deepcopy(fed.server.uppers[0]))
+    model = nn.Sequential(copy.deepcopy(fed.clients.lower(0)), copy.deepcopy(fed.server.uppers[0]))
     idx = split_indices(3, 12)
     train_round(fed, idx, 4, 1, data_step(x, y))
     order = [b for i in range(3) for b in client_batches(idx[i], 4, numpy_generator(fed.seed, "batches", i, 1))]
     model = centralized_sgd(model[0], model[1], x, y, order, 0.1)
     assert fed.holder == 2
-    assert_same(fed.clients[2].lower, model[0], atol=1e-6)
+    assert_same(fed.clients.lower(2), model[0], atol=1e-6)
     assert_same(fed.server.uppers[0], model[1], atol=1e-6)
 
 
@@ -83,16 +83,16 @@ def run_steps(algorithm: str, data, rounds: int = 2, **overrides):
 def test_locfedmix_with_all_parts_off_equals_psl(data):
     psl = run_steps("psl", data)
     plain = run_steps("locfedmix", data, algo__loc=False, algo__mix=False, algo__fed=False)
-    for a, b in zip(psl.clients, plain.clients):
-        assert_same(a.lower, b.lower)
+    for i in range(3):
+        assert_same(psl.clients.lower(i), plain.clients.lower(i))
     assert_same(psl.server.uppers[0], plain.server.uppers[0])
 
 
 def test_locfedmix_with_only_fed_equals_sfl(data):
     sfl = run_steps("sfl", data)
     fed_only = run_steps("locfedmix", data, algo__loc=False, algo__mix=False)
-    for a, b in zip(sfl.clients, fed_only.clients):
-        assert_same(a.lower, b.lower)
+    for i in range(3):
+        assert_same(sfl.clients.lower(i), fed_only.clients.lower(i))
     assert_same(sfl.server.uppers[0], fed_only.server.uppers[0])
 
 
@@ -100,13 +100,13 @@ def test_each_locfedmix_part_changes_the_training(data):
     full = run_steps("locfedmix", data, rounds=1)
     for part in ("loc", "mix", "fed"):
         ablated = run_steps("locfedmix", data, rounds=1, **{f"algo__{part}": False})
-        differs = any(not torch.equal(a, b) for a, b in zip(params(full.clients[1].lower),
-                                                            params(ablated.clients[1].lower)))
+        differs = any(not torch.equal(a, b) for a, b in zip(params(full.clients.lower(1)),
+                                                            params(ablated.clients.lower(1))))
         assert differs, part
 
 
 def uploads_of(fed, x, y):
-    smashed = {i: c.lower(x[i * 4:(i + 1) * 4]) for i, c in enumerate(fed.clients)}
+    smashed = {i: fed.clients.lower(i)(x[i * 4:(i + 1) * 4]) for i in range(fed.clients.n)}
     uploads = {i: s.detach().requires_grad_(True) for i, s in smashed.items()}
     labels = {i: y[i * 4:(i + 1) * 4] for i in smashed}
     return uploads, labels
@@ -144,8 +144,7 @@ def test_cut_gradient_is_the_gradient_of_the_clients_own_loss(data):
 def test_locsplitfed_sends_nothing_down_and_clients_follow_their_local_loss(data):
     x, y = data
     fed = make_federation("locsplitfed", sizes=[1, 1], n_clients=2, **SGD)
-    client = fed.clients[0]
-    lower, head = copy.deepcopy(client.lower), copy.deepcopy(client.head)
+    lower, head = copy.deepcopy(fed.clients.lower(0)), copy.deepcopy(fed.clients.head(0))
     opt = torch.optim.SGD(list(lower.parameters()) + list(head.parameters()), lr=0.1)
     F.cross_entropy(head(lower(x[:4])), y[:4]).backward()
     opt.step()
@@ -153,11 +152,10 @@ def test_locsplitfed_sends_nothing_down_and_clients_follow_their_local_loss(data
     uploads = {i: u.detach() for i, u in uploads.items()}
     _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
     assert cut == {}
-    from locfedmix.engines.step import client_step
-
-    client_step(fed.algo.objective, client, client.lower(x[:4]), None, Batch(x[:4], y[:4]))
-    assert_same(client.lower, lower, atol=1e-7)
-    assert_same(client.head, head, atol=1e-7)
+    batches = {0: (x[:4], y[:4])}
+    fed.clients.backward_and_step(fed.algo.objective, fed.clients.forward(batches), {}, batches)
+    assert_same(fed.clients.lower(0), lower, atol=1e-7)
+    assert_same(fed.clients.head(0), head, atol=1e-7)
 
 
 def test_sflv1_keeps_one_upper_copy_per_client_and_averages_them(data):
@@ -185,7 +183,7 @@ def test_sflv1_keeps_one_upper_copy_per_client_and_averages_them(data):
 def test_sflv2_serves_clients_in_turn_from_the_global_model_then_averages(data):
     x, y = data
     fed = make_federation("sflv2", sizes=[8, 8], n_clients=2, **SGD)
-    start_lower, upper = copy.deepcopy(fed.clients[0].lower), copy.deepcopy(fed.server.uppers[0])
+    start_lower, upper = copy.deepcopy(fed.clients.lower(0)), copy.deepcopy(fed.server.uppers[0])
     idx = split_indices(2, 8)
     train_round(fed, idx, 4, 1, data_step(x, y))
     order = numpy_generator(fed.seed, "order", 1).permutation(2)
@@ -200,17 +198,16 @@ def test_sflv2_serves_clients_in_turn_from_the_global_model_then_averages(data):
             opt.step(), upper_opt.step()
         lowers[int(i)] = params(lower)
     assert_same(fed.server.uppers[0], upper, atol=1e-6)
-    for client in fed.clients:
-        assert_same(client.lower, [0.5 * a + 0.5 * b for a, b in zip(lowers[0], lowers[1])], atol=1e-6)
+    for i in range(2):
+        assert_same(fed.clients.lower(i), [0.5 * a + 0.5 * b for a, b in zip(lowers[0], lowers[1])], atol=1e-6)
 
 
 def test_reconstruction_regularizer_gradients(data):
     x, y = data
     gamma = 0.3
     fed = make_federation("locfedmix", sizes=[1], algo__gamma=gamma, **SGD)
-    client = fed.clients[0]
-    lower, decoder = copy.deepcopy(client.lower), copy.deepcopy(client.head)
-    cut_grad = torch.randn(4, *client.lower(x[:4]).shape[1:])
+    lower, decoder = copy.deepcopy(fed.clients.lower(0)), copy.deepcopy(fed.clients.head(0))
+    cut_grad = torch.randn(4, *lower(x[:4]).shape[1:])
     s = lower(x[:4])
     rec = F.mse_loss(decoder(s), x[:4])
     g_server = torch.autograd.grad(s, list(lower.parameters()), cut_grad, retain_graph=True)
@@ -218,11 +215,10 @@ def test_reconstruction_regularizer_gradients(data):
     n = len(g_server)
     expected_lower = [p - 0.1 * (gs + gamma * gr) for p, gs, gr in zip(lower.parameters(), g_server, g_rec[:n])]
     expected_decoder = [p - 0.1 * gr for p, gr in zip(decoder.parameters(), g_rec[n:])]
-    from locfedmix.engines.step import client_step
-
-    client_step(fed.algo.objective, client, client.lower(x[:4]), cut_grad, Batch(x[:4], y[:4]))
-    assert_same(client.lower, [e.detach() for e in expected_lower], atol=1e-6)
-    assert_same(client.head, [e.detach() for e in expected_decoder], atol=1e-6)
+    batches = {0: (x[:4], y[:4])}
+    fed.clients.backward_and_step(fed.algo.objective, fed.clients.forward(batches), {0: cut_grad}, batches)
+    assert_same(fed.clients.lower(0), [e.detach() for e in expected_lower], atol=1e-6)
+    assert_same(fed.clients.head(0), [e.detach() for e in expected_decoder], atol=1e-6)
 
 
 def test_fedavg_every_t_steps_synchronizes_mid_round(data):
@@ -230,7 +226,7 @@ def test_fedavg_every_t_steps_synchronizes_mid_round(data):
     fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=3)
     train_round(fed, split_indices(3, 16), 4, 1, data_step(x, y))  # 4 steps: averaged after step 3, then one more step
     assert fed.step == 4
-    assert not torch.equal(params(fed.clients[0].lower)[0], params(fed.clients[1].lower)[0])
+    assert not fed.clients.identical()
     fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=2)
     train_round(fed, split_indices(3, 16), 4, 1, data_step(x, y))
-    assert_same(fed.clients[0].lower, fed.clients[1].lower)
+    assert fed.clients.identical()

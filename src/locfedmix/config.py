@@ -82,6 +82,17 @@ class LatencyConfig(_Section):
         return replace(PROFILES[self.profile], **overrides)
 
 
+class EngineKind(StrEnum):
+    AUTO = "auto"  # stacked for parallel schedules with several clients, the loop otherwise
+    LOOP = "loop"  # one module and one torch optimizer per client
+    VECTORIZED = "vectorized"  # all clients stacked along a client dimension, run with torch.func.vmap
+
+
+class EngineConfig(_Section):
+    kind: EngineKind = EngineKind.AUTO
+    chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
+
+
 class EvalConfig(_Section):
     batch_size: int = Field(32, ge=1, description="small batches run fastest on CPU (measured)")
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and after the last)")
@@ -118,6 +129,7 @@ class Config(_Section):
     algo: AlgoSwitches = AlgoSwitches()
     eval: EvalConfig = EvalConfig()
     latency: LatencyConfig = LatencyConfig()
+    engine: EngineConfig = EngineConfig()
 
     @field_validator("algorithm", "dataset", "partition", "model")
     @classmethod

@@ -34,12 +34,11 @@ def deployed_models(fed: Federation) -> list[tuple[nn.Module, nn.Module, float]]
     clients agree (after FedAvg); otherwise every client's own pair, weighted by its data size δ_i."""
     if isinstance(fed.algo.sync, Relay):
         holder = fed.holder if fed.holder is not None else 0
-        return [(fed.clients[holder].lower, fed.server.upper_of(holder), 1.0)]
-    lowers = [c.lower for c in fed.clients]
-    if _identical(lowers) and _identical(fed.server.uppers):
-        return [(lowers[0], fed.server.uppers[0], 1.0)]
+        return [(fed.clients.lower(holder), fed.server.upper_of(holder), 1.0)]
+    if fed.clients.identical() and _identical(fed.server.uppers):
+        return [(fed.clients.lower(0), fed.server.uppers[0], 1.0)]
     total = sum(fed.sizes)
-    return [(c.lower, fed.server.upper_of(i), n / total) for i, (c, n) in enumerate(zip(fed.clients, fed.sizes))]
+    return [(fed.clients.lower(i), fed.server.upper_of(i), n / total) for i, n in enumerate(fed.sizes)]
 
 
 def shard_bounds(weights: list[float], n: int) -> list[int]:

@@ -1,5 +1,7 @@
 """Client objectives: which local module a client keeps and which local loss shapes its lower model."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,21 +17,11 @@ from locfedmix.algorithms.parts import (
 from locfedmix.models import build_aux_classifier, build_decoder
 
 
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by a constant on the way back."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad * ctx.scale, None
-
-
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    return _ScaleGradient.apply(x, scale)
+    """x in the forward pass (exactly), `scale` × the gradient in the backward pass; plain tensor ops, so it also
+    works under torch.func.vmap."""
+    frozen = x.detach()
+    return frozen + scale * (x - frozen)
 
 
 def build_head(
@@ -63,7 +55,8 @@ def reconstruction_loss(kind: ReconstructionLoss, decoded: torch.Tensor, x: torc
 
 
 def local_loss(
-    objective: ClientObjective, head: nn.Module | None, smashed: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    objective: ClientObjective, head: Callable[[torch.Tensor], torch.Tensor] | None, smashed: torch.Tensor,
+    x: torch.Tensor, y: torch.Tensor,
 ) -> torch.Tensor | None:
     """The client-side loss whose gradient joins the server gradient in the lower model (None for plain SL).
 

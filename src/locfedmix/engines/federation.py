@@ -11,8 +11,12 @@ from locfedmix.algorithms.fedavg import federated_average
 from locfedmix.algorithms.parts import FedAvg, Relay, Sequential
 from locfedmix.algorithms.schedule import StepPlan, client_batches, plan_round
 from locfedmix.config import Config
-from locfedmix.engines.state import Client, Server, build_client_head, build_clients, build_server
-from locfedmix.engines.step import Batch, train_step
+from locfedmix.algorithms.parts import Parallel
+from locfedmix.config import EngineKind
+from locfedmix.engines.clients import ClientPool, LoopClients
+from locfedmix.engines.state import Server, build_client_head, build_server
+from locfedmix.engines.step import train_step
+from locfedmix.engines.vectorized import StackedClients
 from locfedmix.latency.flops import SampleFlops, count_flops
 from locfedmix.latency.ledger import Direction, Kind, Ledger, module_bytes
 from locfedmix.latency.model import Clock, Profile, step_phases, sync_phases
@@ -23,7 +27,7 @@ from locfedmix.rng import numpy_generator, seeded_torch
 @dataclass
 class Federation:
     algo: Algorithm
-    clients: list[Client]
+    clients: ClientPool
     server: Server
     sizes: list[int]  # |D_i|, for the data-size weights δ_i
     seed: int
@@ -31,6 +35,7 @@ class Federation:
     flops: SampleFlops
     profile: Profile
     cut_shape: tuple[int, ...]
+    model_bytes: dict[Kind, int]  # what sending one client's lower model / head costs
     clock: Clock = field(default_factory=Clock)
     step: int = 0
     holder: int | None = None  # sequential SL: the client holding the current lower model
@@ -48,21 +53,33 @@ def build_federation(
     with seeded_torch(config.seed, "init"):
         model = build_split_model(config.model, input_shape, n_classes, config.cut or None)
         head = build_client_head(algo, model, input_shape, n_classes)
-    clients = build_clients(model, head, config.n_clients, config.client_optimizer)
+    clients = build_pool(config, algo, model.lower, head)
     server = build_server(algo, model, config.n_clients, config.server_optimizer)
     flops = count_flops(model.lower, model.upper, head, input_shape)
     ledger = Ledger(config.latency.label_bytes)
     profile = config.latency.resolved_profile()
-    return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape)
+    model_bytes = {Kind.LOWER: module_bytes(model.lower), Kind.HEAD: module_bytes(head) if head is not None else 0}
+    return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape, model_bytes)
+
+
+def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: torch.nn.Module | None) -> ClientPool:
+    """The stacked pool where several clients step together (parallel schedules), the loop otherwise, unless the
+    config forces one."""
+    kind = config.engine.kind
+    if kind is EngineKind.AUTO:
+        stack = isinstance(algo.schedule, Parallel) and config.n_clients > 1
+        kind = EngineKind.VECTORIZED if stack else EngineKind.LOOP
+    if kind is EngineKind.VECTORIZED:
+        return StackedClients(lower, head, config.n_clients, config.client_optimizer, config.engine.chunk_clients)
+    return LoopClients(lower, head, config.n_clients, config.client_optimizer)
 
 
 def hand_off(fed: Federation, to: int) -> None:
     """Relay: the next client starts from the lower weights of the client that trained last (sent via the server)."""
     if fed.holder is not None and fed.holder != to:
-        lower = fed.clients[fed.holder].lower
-        fed.clients[to].lower.load_state_dict(lower.state_dict())
-        fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, module_bytes(lower))
-        fed.ledger.send(to, Kind.LOWER, Direction.DOWN, module_bytes(lower))
+        fed.clients.copy_lower(fed.holder, to)
+        fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
+        fed.ledger.send(to, Kind.LOWER, Direction.DOWN, fed.model_bytes[Kind.LOWER])
         fed.clock.advance(sync_phases(fed.profile, fed.ledger.close()))
     fed.holder = to
 
@@ -70,15 +87,13 @@ def hand_off(fed: Federation, to: int) -> None:
 def synchronize(fed: Federation, sync: FedAvg) -> None:
     """FedAvg of the client models (and heads, and server copies, as the declaration says), δ-weighted: every
     client uploads what is averaged and downloads the average; server copies are averaged on the server itself."""
-    weights = list(fed.weights(range(len(fed.clients))).values())
-    groups = [(Kind.LOWER, [c.lower for c in fed.clients])]
-    if sync.average_heads and fed.clients[0].head is not None:
-        groups.append((Kind.HEAD, [c.head for c in fed.clients]))
-    for kind, modules in groups:
-        federated_average(modules, weights)
-        for i, module in enumerate(modules):
-            fed.ledger.send(i, kind, Direction.UP, module_bytes(module))
-            fed.ledger.send(i, kind, Direction.DOWN, module_bytes(module))
+    weights = list(fed.weights(range(fed.clients.n)).values())
+    heads = sync.average_heads and fed.clients.has_head
+    fed.clients.average(weights, heads)
+    for kind in [Kind.LOWER] + ([Kind.HEAD] if heads else []):
+        for i in range(fed.clients.n):
+            fed.ledger.send(i, kind, Direction.UP, fed.model_bytes[kind])
+            fed.ledger.send(i, kind, Direction.DOWN, fed.model_bytes[kind])
     if sync.average_server_copies and len(fed.server.uppers) > 1:
         federated_average(fed.server.uppers, weights)
     fed.clock.advance(sync_phases(fed.profile, fed.ledger.close()))
@@ -91,7 +106,7 @@ def data_step(x: torch.Tensor, y: torch.Tensor) -> StepExecutor:
     """Run a planned step for real on the training tensors; returns the step's Σ δ_i L_i."""
 
     def execute(fed: Federation, plan: StepPlan) -> float:
-        batches = {i: Batch(x[idx], y[idx]) for i, idx in plan.items()}
+        batches = {i: (x[idx], y[idx]) for i, idx in plan.items()}
         mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
         return train_step(fed.algo, fed.clients, fed.server, batches, fed.weights(plan), mix_rng, fed.ledger)
 

@@ -1,4 +1,4 @@
-"""Client and server state: modules and the optimizers built once for them (never rebuilt per batch)."""
+"""Server state and the optimizers, built once (never rebuilt per batch)."""
 
 import copy
 from dataclasses import dataclass
@@ -20,38 +20,12 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.o
 
 
 @dataclass
-class Client:
-    lower: nn.Module
-    head: nn.Module | None  # auxiliary classifier or decoder, by the algorithm's client objective
-    optimizer: torch.optim.Optimizer
-
-    def modules(self) -> list[nn.Module]:
-        return [self.lower] + ([self.head] if self.head is not None else [])
-
-
-@dataclass
 class Server:
     uppers: list[nn.Module]  # one shared model, or one copy per client (SplitFed v1)
     optimizers: list[torch.optim.Optimizer]
 
     def upper_of(self, client: int) -> nn.Module:
         return self.uppers[client if len(self.uppers) > 1 else 0]
-
-
-def build_clients(
-    model: SplitModel,
-    head: nn.Module | None,
-    n_clients: int,
-    optimizer: OptimizerConfig,
-) -> list[Client]:
-    """N clients starting from the same lower model (and head), each with its own optimizer state."""
-    clients = []
-    for _ in range(n_clients):
-        lower = copy.deepcopy(model.lower)
-        own_head = copy.deepcopy(head)
-        params = list(lower.parameters()) + (list(own_head.parameters()) if own_head is not None else [])
-        clients.append(Client(lower, own_head, build_optimizer(params, optimizer)))
-    return clients
 
 
 def build_server(algo: Algorithm, model: SplitModel, n_clients: int, optimizer: OptimizerConfig) -> Server:

@@ -4,44 +4,36 @@ clients forward → uploads → server loss (+ SmashMix) → server update → c
 client backward (+ local objective) → client optimizer steps. A sequential schedule is the same step with one client.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from locfedmix.algorithms.catalog import Algorithm
-from locfedmix.algorithms.objectives import local_loss, receives_server_gradient
-from locfedmix.algorithms.parts import ClientObjective, ServerLayout
+from locfedmix.algorithms.objectives import receives_server_gradient
+from locfedmix.algorithms.parts import ServerLayout
 from locfedmix.algorithms.smashmix import smashmix_loss
-from locfedmix.engines.state import Client, Server
+from locfedmix.engines.clients import Batches, ClientPool
+from locfedmix.engines.state import Server
 from locfedmix.latency.ledger import Direction, Kind, Ledger
-
-
-@dataclass
-class Batch:
-    x: torch.Tensor
-    y: torch.Tensor
 
 
 def train_step(
     algo: Algorithm,
-    clients: list[Client],
+    clients: ClientPool,
     server: Server,
-    batches: dict[int, Batch],
+    batches: Batches,
     weights: dict[int, float],
     mix_rng: np.random.Generator,
     ledger: Ledger,
 ) -> float:
     """Run one step for the participating clients (`batches`, with data-size weights δ_i); return Σ δ_i L_i."""
     send_down = receives_server_gradient(algo.objective)
-    smashed = {i: clients[i].lower(batch.x) for i, batch in sorted(batches.items())}
-    uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.items()}
-    labels = {i: batch.y for i, batch in batches.items()}
+    smashed = clients.forward(batches)
+    uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.per_client().items()}
+    labels = {i: y for i, (_, y) in batches.items()}
     loss, cut_grads = server_step(algo, server, uploads, labels, weights, mix_rng)
     record_step(ledger, uploads, labels, cut_grads)
-    for i in smashed:
-        client_step(algo.objective, clients[i], smashed[i], cut_grads.get(i), batches[i])
+    clients.backward_and_step(algo.objective, smashed, cut_grads, batches)
     return loss
 
 
@@ -102,20 +94,3 @@ def _per_client_server_step(server: Server, uploads: dict[int, torch.Tensor], la
         optimizer.step()
         total += weights[i] * loss.item()
     return total, {i: u.grad for i, u in uploads.items() if u.grad is not None}
-
-
-def client_step(objective: ClientObjective, client: Client, smashed: torch.Tensor, cut_grad: torch.Tensor | None,
-                batch: Batch) -> None:
-    """Back-propagate the server's cut gradient (if any) and the local objective's loss (if any), then step."""
-    client.optimizer.zero_grad(set_to_none=True)
-    roots, grads = [], []
-    if cut_grad is not None:
-        roots.append(smashed)
-        grads.append(cut_grad)
-    local = local_loss(objective, client.head, smashed, batch.x, batch.y)
-    if local is not None:
-        roots.append(local)
-        grads.append(torch.ones_like(local))
-    if roots:
-        torch.autograd.backward(roots, grads)
-    client.optimizer.step()

@@ -1,0 +1,106 @@
+"""Client pools: where the clients' lower models (and heads) live and how a step's client work runs.
+
+The loop pool keeps one module and one torch optimizer per client; the stacked pool (vectorized.py) keeps all
+clients' weights stacked along a client dimension. Both compute the same thing (tests hold them to it).
+"""
+
+import copy
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from locfedmix.algorithms.fedavg import federated_average
+from locfedmix.algorithms.objectives import local_loss
+from locfedmix.algorithms.parts import ClientObjective
+from locfedmix.config import OptimizerConfig
+from locfedmix.engines.state import build_optimizer
+
+Batches = dict[int, tuple[torch.Tensor, torch.Tensor]]  # client id -> (x, y) of its mini-batch
+
+
+@dataclass
+class Smashed:
+    """A step's smashed data: groups of clients whose outputs are stacked [K, b, ...] (singletons in the loop)."""
+
+    groups: list[tuple[list[int], torch.Tensor]]
+
+    def per_client(self) -> dict[int, torch.Tensor]:
+        return {i: out[k] for ids, out in self.groups for k, i in enumerate(ids)}
+
+
+class ClientPool(Protocol):
+    n: int
+    has_head: bool
+
+    def forward(self, batches: Batches) -> Smashed: ...
+
+    def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
+                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None: ...
+
+    def lower(self, i: int) -> nn.Module: ...
+
+    def copy_lower(self, source: int, target: int) -> None: ...
+
+    def average(self, weights: list[float], heads: bool) -> None: ...
+
+    def identical(self) -> bool: ...
+
+
+@dataclass
+class LoopClient:
+    lower: nn.Module
+    head: nn.Module | None
+    optimizer: torch.optim.Optimizer
+
+
+class LoopClients:
+    """One module set and one optimizer per client, run one after another."""
+
+    def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig):
+        self.n, self.has_head = n, head is not None
+        self.clients = []
+        for _ in range(n):
+            own_lower, own_head = copy.deepcopy(lower), copy.deepcopy(head)
+            params = list(own_lower.parameters()) + (list(own_head.parameters()) if own_head is not None else [])
+            self.clients.append(LoopClient(own_lower, own_head, build_optimizer(params, optimizer)))
+
+    def forward(self, batches: Batches) -> Smashed:
+        return Smashed([([i], self.clients[i].lower(x).unsqueeze(0)) for i, (x, _) in sorted(batches.items())])
+
+    def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
+                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None:
+        """Back-propagate each client's cut gradient (if any) and local objective (if any), then step."""
+        for i, s in smashed.per_client().items():
+            client = self.clients[i]
+            client.optimizer.zero_grad(set_to_none=True)
+            roots, grads = [], []
+            if i in cut_grads:
+                roots.append(s)
+                grads.append(cut_grads[i])
+            local = local_loss(objective, client.head, s, *batches[i])
+            if local is not None:
+                roots.append(local)
+                grads.append(torch.ones_like(local))
+            if roots:
+                torch.autograd.backward(roots, grads)
+            client.optimizer.step()
+
+    def lower(self, i: int) -> nn.Module:
+        return self.clients[i].lower
+
+    def head(self, i: int) -> nn.Module | None:
+        return self.clients[i].head
+
+    def copy_lower(self, source: int, target: int) -> None:
+        self.clients[target].lower.load_state_dict(self.clients[source].lower.state_dict())
+
+    def average(self, weights: list[float], heads: bool) -> None:
+        federated_average([c.lower for c in self.clients], weights)
+        if heads and self.has_head:
+            federated_average([c.head for c in self.clients], weights)
+
+    def identical(self) -> bool:
+        first = self.clients[0].lower.state_dict()
+        return all(all(torch.equal(first[k], v) for k, v in c.lower.state_dict().items()) for c in self.clients[1:])

@@ -1,0 +1,138 @@
+"""The stacked client pool: every client's lower model (and head) stored along a leading client dimension and run
+for all clients of a step in one torch.func.vmap call per group of equal batch size, chunked to bound memory."""
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from locfedmix.algorithms.objectives import local_loss
+from locfedmix.algorithms.parts import ClientObjective
+from locfedmix.config import OptimizerConfig
+from locfedmix.engines.clients import Batches, Smashed
+from locfedmix.engines.stacked_optim import StackedOptimizer
+
+
+class StackedModule:
+    """One module's parameters and buffers for N clients, stacked [N, ...]; `template` only lends the structure."""
+
+    def __init__(self, template: nn.Module, n: int):
+        self.template = copy.deepcopy(template)
+        stack = lambda t: t.detach().unsqueeze(0).repeat(n, *[1] * t.dim()).clone()
+        self.params = {k: stack(v).requires_grad_(True) for k, v in template.named_parameters()}
+        self.buffers = {k: stack(v) for k, v in template.named_buffers()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.params, **self.buffers}
+
+    def rows(self, ids: list[int]) -> tuple[dict, dict]:
+        """The clients' parameters and buffers: views for a contiguous run of ids, gathered copies otherwise."""
+        if ids == list(range(ids[0], ids[-1] + 1)):
+            pick = lambda t: t[ids[0]:ids[-1] + 1]
+        else:
+            index = torch.tensor(ids)
+            pick = lambda t: t.index_select(0, index)
+        return {k: pick(v) for k, v in self.params.items()}, {k: pick(v) for k, v in self.buffers.items()}
+
+    def __call__(self, ids: list[int], x: torch.Tensor) -> torch.Tensor:
+        params, buffers = self.rows(ids)
+        run = lambda p, b, inputs: functional_call(self.template, (p, b), (inputs,))
+        out = vmap(run, randomness="different")(params, buffers, x)
+        if buffers and ids != list(range(ids[0], ids[-1] + 1)):  # BatchNorm statistics updated on a gathered copy
+            with torch.no_grad():
+                for k, v in buffers.items():
+                    self.buffers[k].index_copy_(0, torch.tensor(ids), v)
+        return out
+
+    def module(self, i: int) -> nn.Module:
+        """Client i's weights in a stand-alone module (for evaluation and model exchange)."""
+        module = copy.deepcopy(self.template)
+        module.load_state_dict({k: v[i].detach() for k, v in self.tensors().items()}, strict=False)
+        return module
+
+    @torch.no_grad()
+    def average(self, weights: list[float]) -> None:
+        """FedAvg as a weighted mean over the client dimension, broadcast back to every client."""
+        for t in self.tensors().values():
+            if t.is_floating_point():
+                w = torch.tensor(weights, dtype=t.dtype).view(-1, *[1] * (t.dim() - 1)) / sum(weights)
+                t.copy_((t * w).sum(0, keepdim=True).expand_as(t))
+
+    @torch.no_grad()
+    def copy_row(self, source: int, target: int) -> None:
+        for t in self.tensors().values():
+            t[target] = t[source]
+
+    def identical(self) -> bool:
+        return all(bool((t == t[:1]).all()) for t in self.tensors().values())
+
+
+class StackedClients:
+    """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients."""
+
+    def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int):
+        self.n, self.has_head, self.chunk = n, head is not None, chunk
+        self.lowers = StackedModule(lower, n)
+        self.heads = StackedModule(head, n) if head is not None else None
+        params = list(self.lowers.params.values()) + (list(self.heads.params.values()) if self.heads else [])
+        self.optimizer = StackedOptimizer(params, n, optimizer)
+
+    def _groups(self, batches: Batches) -> list[list[int]]:
+        """Clients with equal batch sizes, in id order, in chunks of at most `chunk` clients."""
+        by_size: dict[int, list[int]] = {}
+        for i in sorted(batches):
+            by_size.setdefault(len(batches[i][1]), []).append(i)
+        return [ids[k:k + self.chunk] for ids in by_size.values() for k in range(0, len(ids), self.chunk)]
+
+    def forward(self, batches: Batches) -> Smashed:
+        return Smashed([(ids, self.lowers(ids, torch.stack([batches[i][0] for i in ids])))
+                        for ids in self._groups(batches)])
+
+    def _local_losses(self, objective: ClientObjective, ids: list[int], out: torch.Tensor,
+                      batches: Batches) -> torch.Tensor | None:
+        """Σ over the group of each client's local loss (separate weights, so the sum keeps them apart)."""
+        if self.heads is None:
+            return None
+        params, buffers = self.heads.rows(ids)
+        template = self.heads.template
+
+        def one_client(p, b, smashed, x, y):
+            return local_loss(objective, lambda s: functional_call(template, (p, b), (s,)), smashed, x, y)
+
+        x = torch.stack([batches[i][0] for i in ids])
+        y = torch.stack([batches[i][1] for i in ids])
+        return vmap(one_client, randomness="different")(params, buffers, out, x, y).sum()
+
+    def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
+                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None:
+        self.optimizer.zero_grad()
+        roots, grads = [], []
+        for ids, out in smashed.groups:
+            if ids[0] in cut_grads:
+                roots.append(out)
+                grads.append(torch.stack([cut_grads[i] for i in ids]))
+            local = self._local_losses(objective, ids, out, batches)
+            if local is not None:
+                roots.append(local)
+                grads.append(torch.ones_like(local))
+        if roots:
+            torch.autograd.backward(roots, grads)
+        self.optimizer.step(torch.tensor(sorted(i for ids, _ in smashed.groups for i in ids)))
+
+    def lower(self, i: int) -> nn.Module:
+        return self.lowers.module(i)
+
+    def head(self, i: int) -> nn.Module | None:
+        return self.heads.module(i) if self.heads else None
+
+    def copy_lower(self, source: int, target: int) -> None:
+        self.lowers.copy_row(source, target)
+
+    def average(self, weights: list[float], heads: bool) -> None:
+        self.lowers.average(weights)
+        if heads and self.heads is not None:
+            self.heads.average(weights)
+
+    def identical(self) -> bool:
+        return self.lowers.identical()

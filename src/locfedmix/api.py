@@ -1,11 +1,13 @@
 """The one-call API: `run(config)` trains one algorithm on one federation and returns its summary."""
 
+import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from locfedmix.config import Config
@@ -45,6 +47,13 @@ def federate(config: Config) -> FederatedData:
                          shuffle.permutation(len(dataset.y_test)))
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (the accelerator's peak allocation when training ran on one)."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def time_to_target(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     """Simulated seconds and steps until the test accuracy first reaches the target (at evaluation granularity)."""
     reached = next((r for r in rows if r["test_accuracy"] >= target), None)
@@ -67,10 +76,12 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     x_test, y_test = ds.x_test[data.test_order], ds.y_test[data.test_order]
     execute = data_step(ds.x_train, ds.y_train)
     total = config.rounds * steps_per_round(fed, data.client_indices, config.batch_size)
-    rows = []
+    rows, train_seconds = [], 0.0
     with tqdm(total=total, desc=label or config.algorithm, disable=None if progress else True, leave=False, unit="step") as bar:
         for r in range(1, config.rounds + 1):
+            tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
+            train_seconds += time.perf_counter() - tick
             if r % config.eval.every and r != config.rounds:
                 continue
             val_loss, val_acc = evaluate_federation(fed, x_val, y_val, config.eval.batch_size) if len(y_val) else (
@@ -89,7 +100,9 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.state_dict(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
-        "wall_seconds": time.perf_counter() - started, "label_histograms": data.histograms(),
+        "wall_seconds": time.perf_counter() - started, "engine": type(fed.clients).__name__,
+        "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
+        "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
     }
     if run_dir:
         run_dir.write_summary(summary)

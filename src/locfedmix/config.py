@@ -83,7 +83,7 @@ class LatencyConfig(_Section):
 
 
 class EngineKind(StrEnum):
-    AUTO = "auto"  # stacked for parallel schedules with several clients, the loop otherwise
+    AUTO = "auto"  # stacked where many clients step together with tiny batches, the loop otherwise
     LOOP = "loop"  # one module and one torch optimizer per client
     VECTORIZED = "vectorized"  # all clients stacked along a client dimension, run with torch.func.vmap
 

@@ -1,0 +1,141 @@
+"""Simulation speed: training samples per second of every algorithm at N clients × k samples per client, as a ratio to
+centralized training of the same model measured in the same process (so machine noise cancels), plus peak memory.
+
+    python benchmarks/throughput.py                 # the full grid, N ∈ {1, 10, 100, 1000}, k ∈ {16, 1}
+    python benchmarks/throughput.py --quick         # N ∈ {10, 100}, k ∈ {16, 1}, psl / sfl / locfedmix
+
+Each cell runs in its own process (peak memory is per process). Model: the small CNN on CIFAR-shaped 3×32×32
+inputs, cut after its two conv blocks; Adam; batch 16 per client; centralized baseline: batch 64.
+Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md.
+"""
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.api import peak_memory_mb
+from locfedmix.config import validate
+from locfedmix.engines.federation import build_federation, data_step, train_round
+from locfedmix.latency.model import mixed_samples
+from locfedmix.models import build_split_model
+
+RESULTS = Path(__file__).parent / "results"
+SHAPE, CLASSES, BATCH, CENTRAL_BATCH = (3, 32, 32), 10, 16, 64
+
+
+def centralized_rate(seconds: float) -> float:
+    model = build_split_model("cnn", SHAPE, CLASSES)
+    net = torch.nn.Sequential(model.lower, model.upper)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = torch.rand(CENTRAL_BATCH, *SHAPE), torch.randint(0, CLASSES, (CENTRAL_BATCH,))
+    samples, start = 0, None
+    while start is None or time.perf_counter() - start < seconds:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        if start is None:  # the first step warms up
+            start = time.perf_counter()
+        else:
+            samples += CENTRAL_BATCH
+    return samples / (time.perf_counter() - start)
+
+
+def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str) -> tuple[float, str]:
+    config = validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": n_clients, "rounds": 1,
+                       "batch_size": BATCH, "engine": {"kind": engine}})
+    fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients)
+    x = torch.rand(n_clients * per_client, *SHAPE)
+    y = torch.randint(0, CLASSES, (n_clients * per_client,))
+    indices = [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
+    execute = data_step(x, y)
+    train_round(fed, indices, BATCH, 0, execute)  # warm-up
+    rounds, start = 0, time.perf_counter()
+    while rounds == 0 or time.perf_counter() - start < seconds:
+        rounds += 1
+        train_round(fed, indices, BATCH, rounds, execute)
+    rate = rounds * n_clients * per_client / (time.perf_counter() - start)
+    return rate, type(fed.clients).__name__, work_per_sample(fed, per_client)
+
+
+def work_per_sample(fed, per_client: int) -> float:
+    """FLOPs the algorithm spends per training sample, relative to plain training of lower∘upper: the decoder or
+    auxiliary head and SmashMix's extra server samples are real work of the algorithm, not simulator overhead."""
+    f = fed.flops
+    plain = f.lower_fwd + f.lower_bwd + f.upper_fwd + f.upper_bwd
+    mixed = mixed_samples(fed.algo, {i: per_client for i in range(fed.clients.n)}) / (fed.clients.n * per_client)
+    return (plain + f.head_fwd + f.head_bwd + mixed * (f.upper_fwd + f.upper_bwd)) / plain
+
+
+def run_cell(args: argparse.Namespace) -> None:
+    algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
+    central = centralized_rate(args.seconds)
+    rate, engine, work = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine)
+    print(json.dumps({"algorithm": algorithm, "n_clients": n_clients, "per_client": per_client, "engine": engine,
+                      "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,
+                      "work_per_sample": work, "work_ratio": rate * work / central,
+                      "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}))
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    lines = [f"# Throughput ({device}, {rows[0]['threads']} threads)", "",
+             "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
+             "the same process. *work* is the algorithm's FLOPs per sample over plain training's (the decoder, the "
+             "auxiliary head and SmashMix's extra server samples are the algorithm's own work); *work ratio* = "
+             "ratio × work, the FLOP rate achieved relative to centralized training. "
+             "`python benchmarks/throughput.py` regenerates this file.", "",
+             "| algorithm | clients | samples/client | engine | samples/s | centralized | ratio | work | work ratio "
+             "| peak MB |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | "
+                     f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {r['ratio']:.2f} | "
+                     f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
+                     f"{r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 10, 100, 1000])
+    parser.add_argument("--per-client", nargs="+", type=int, default=[16, 1])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per rate")
+    parser.add_argument("--engine", default="auto", choices=["auto", "loop", "vectorized"])
+    parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        return run_cell(args)
+    if args.quick:
+        args.algorithms, args.clients = ["psl", "sfl", "locfedmix"], [10, 100]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cells = [(a, n, k) for a in args.algorithms for n in args.clients for k in args.per_client]
+    rows = []
+    for a, n, k in tqdm(cells, desc="throughput"):
+        cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
+               "--engine", args.engine]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stem = RESULTS / f"throughput_{device}"
+        with open(f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        Path(f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (RESULTS / "THROUGHPUT.md").write_text(markdown(rows, device))
+    print(markdown(rows, device))
+
+
+if __name__ == "__main__":
+    main()

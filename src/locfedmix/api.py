@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
-from locfedmix.engines.federation import build_federation, data_step, steps_per_round, train_round
+from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
 from locfedmix.results import RunDirectory
@@ -63,47 +63,59 @@ def time_to_target(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
             "simulated_seconds": reached["simulated_seconds"]}
 
 
-def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
-        label: str | None = None) -> dict[str, Any]:
-    """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`."""
-    started = time.perf_counter()
-    algo = config.resolved_algorithm()
-    data = federate(config)
-    ds = data.dataset
-    fed = build_federation(config, algo, ds.input_shape, ds.n_classes, [len(i) for i in data.client_indices])
-    run_dir = RunDirectory(out, config, overwrite) if out is not None else None
-    x_val, y_val = ds.x_train[data.val_indices], ds.y_train[data.val_indices]
-    x_test, y_test = ds.x_test[data.test_order], ds.y_test[data.test_order]
-    execute = data_step(ds.x_train, ds.y_train)
-    total = config.rounds * steps_per_round(fed, data.client_indices, config.batch_size)
-    rows, train_seconds = [], 0.0
-    with tqdm(total=total, desc=label or config.algorithm, disable=None if progress else True, leave=False, unit="step") as bar:
-        for r in range(1, config.rounds + 1):
-            tick = time.perf_counter()
-            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
-            train_seconds += time.perf_counter() - tick
-            if r % config.eval.every and r != config.rounds:
-                continue
-            val_loss, val_acc = evaluate_federation(fed, x_val, y_val, config.eval.batch_size) if len(y_val) else (
-                float("nan"), float("nan"))
-            test_loss, test_acc = evaluate_federation(fed, x_test, y_test, config.eval.batch_size)
-            rows.append(dict(round=r, step=fed.step, algorithm=config.algorithm, n_clients=config.n_clients,
-                             train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc,
-                             test_loss=test_loss, test_accuracy=test_acc, bytes_up=fed.ledger.total(Direction.UP),
-                             bytes_down=fed.ledger.total(Direction.DOWN), simulated_seconds=fed.clock.seconds))
-            if run_dir:
-                run_dir.append(rows[-1])
-            bar.set_postfix(test_acc=f"{test_acc:.3f}")
-    summary = {
-        "algorithm": config.algorithm, "parts": repr(algo), "final": rows[-1], "steps": fed.step,
+def evaluate_row(fed: Federation, data: FederatedData, config: Config, round_index: int,
+                 train_loss: float) -> dict[str, Any]:
+    """One metrics.csv row: validation and test metrics of the deployed models, cumulative bytes and simulated time."""
+    ds, batch = data.dataset, config.eval.batch_size
+    val_loss = val_acc = float("nan")
+    if len(data.val_indices):
+        val_loss, val_acc = evaluate_federation(fed, ds.x_train[data.val_indices], ds.y_train[data.val_indices], batch)
+    test_loss, test_acc = evaluate_federation(fed, ds.x_test[data.test_order], ds.y_test[data.test_order], batch)
+    return dict(round=round_index, step=fed.step, algorithm=config.algorithm, n_clients=config.n_clients,
+                train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, test_loss=test_loss,
+                test_accuracy=test_acc, bytes_up=fed.ledger.total(Direction.UP),
+                bytes_down=fed.ledger.total(Direction.DOWN), simulated_seconds=fed.clock.seconds)
+
+
+def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[dict[str, Any]],
+              wall_seconds: float, train_seconds: float) -> dict[str, Any]:
+    return {
+        "algorithm": config.algorithm, "parts": repr(fed.algo), "final": rows[-1], "steps": fed.step,
         "best_test_accuracy": max(r["test_accuracy"] for r in rows),
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.state_dict(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
-        "wall_seconds": time.perf_counter() - started, "engine": type(fed.clients).__name__,
+        "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__,
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
         "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
     }
+
+
+def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
+        label: str | None = None) -> dict[str, Any]:
+    """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`
+    (metrics.csv gains a row, flushed, after every evaluation)."""
+    started = time.perf_counter()
+    data = federate(config)
+    ds = data.dataset
+    fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
+                           [len(i) for i in data.client_indices])
+    run_dir = RunDirectory(out, config, overwrite) if out is not None else None
+    execute = data_step(ds.x_train, ds.y_train)
+    total = config.rounds * steps_per_round(fed, data.client_indices, config.batch_size)
+    rows, train_seconds = [], 0.0
+    with tqdm(total=total, desc=label or config.algorithm, disable=None if progress else True, leave=False,
+              unit="step") as bar:
+        for r in range(1, config.rounds + 1):
+            tick = time.perf_counter()
+            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
+            train_seconds += time.perf_counter() - tick
+            if r % config.eval.every == 0 or r == config.rounds:
+                rows.append(evaluate_row(fed, data, config, r, train_loss))
+                if run_dir:
+                    run_dir.append(rows[-1])
+                bar.set_postfix(test_acc=f"{rows[-1]['test_accuracy']:.3f}")
+    summary = summarize(fed, data, config, rows, time.perf_counter() - started, train_seconds)
     if run_dir:
         run_dir.write_summary(summary)
     return summary

@@ -18,9 +18,9 @@ from locfedmix.models import (
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
 CASES = [
     (name, shape, cut)
-    for name in ("cnn", "resnet")
+    for name in ("alexnet", "cnn", "resnet")
     for shape in SHAPES
-    for cut in range(1, {"cnn": 4, "resnet": 5}[name])
+    for cut in range(1, {"alexnet": 5, "cnn": 4, "resnet": 5}[name])
 ]
 
 
@@ -30,7 +30,8 @@ def _build(name: str, shape: tuple[int, int, int], cut: int, seed: int = 0):
 
 
 def test_registry() -> None:
-    assert model_names() == ["cnn", "resnet"]
+    assert model_names() == ["alexnet", "cnn", "resnet"]
+    assert (n_blocks("alexnet"), default_cut("alexnet")) == (5, 1)
     assert (n_blocks("cnn"), default_cut("cnn")) == (4, 2)
     assert (n_blocks("resnet"), default_cut("resnet")) == (5, 3)
 
@@ -167,3 +168,11 @@ def test_error_messages_say_what_is_allowed() -> None:
         n_blocks("resnt")
     with pytest.raises(UserError, match=r"\(64, 7\)"):
         build_aux_classifier((64, 7), 10)
+
+
+def test_alexnet_client_holds_one_conv_and_one_pool() -> None:
+    model = build_split_model("alexnet", (1, 28, 28), 10)
+    convs = [m for m in model.lower.modules() if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in model.lower.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == 1 and len(pools) == 1
+    assert model.cut_shape == (64, 14, 14)

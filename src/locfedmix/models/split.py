@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from locfedmix.errors import UserError
+from locfedmix.models.alexnet import ALEXNET_MIN_SIDE, build_alexnet_blocks
 from locfedmix.models.cnn import CNN_MIN_SIDE, build_cnn_blocks
 from locfedmix.models.resnet import RESNET_MIN_SIDE, build_resnet_blocks
 
@@ -31,6 +32,7 @@ class SplitModel:
 
 
 MODELS: dict[str, ModelSpec] = {
+    "alexnet": ModelSpec(build_alexnet_blocks, n_blocks=5, default_cut=1, min_side=ALEXNET_MIN_SIDE),
     "cnn": ModelSpec(build_cnn_blocks, n_blocks=4, default_cut=2, min_side=CNN_MIN_SIDE),
     "resnet": ModelSpec(build_resnet_blocks, n_blocks=5, default_cut=3, min_side=RESNET_MIN_SIDE),
 }

@@ -1,0 +1,102 @@
+"""Reproduce the paper's claims on Fashion-MNIST: convergence, scalability, latency, ablations, non-IID.
+
+    python benchmarks/reproduce.py --quick             # a small grid, under 15 minutes on 2 CPU cores
+    python benchmarks/reproduce.py                     # the full grid (hours on CPU; run it on a GPU)
+    python benchmarks/reproduce.py --only convergence ablations --seeds 3
+
+Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
+whose summary.json exists is skipped, so an interrupted grid resumes where it stopped. The report
+(benchmarks/results/REPRODUCTION.md, CSVs and PNG plots beside it) is rebuilt from whatever cells have finished.
+"""
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.api import run
+from locfedmix.config import apply_overrides, read_toml, validate
+
+HERE = Path(__file__).parent
+BASE = HERE.parent / "configs" / "paper" / "fmnist.toml"
+RESULTS = HERE / "results"
+ALL = list(ALGORITHMS)
+
+
+def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Experiment name → its cells (label, config overrides). `--quick` keeps the shape and shrinks every axis."""
+    ns = [2, 10, 30] if quick else [1, 2, 5, 10, 20, 50, 100]
+    scal_algos = ["sl", "psl", "sfl", "locfedmix"] if quick else ALL
+    ablations = [("full", {}), ("no-loc", {"algo.loc": False}), ("no-mix", {"algo.mix": False}),
+                 ("no-fed", {"algo.fed": False}), ("psl-equivalent", {"algo.loc": False, "algo.mix": False,
+                                                                       "algo.fed": False})]
+    if not quick:
+        ablations += [(f"alpha={a}", {"algo.mix_alpha": a}) for a in (0.2, 4.0)]
+        ablations += [(f"partners={n}", {"algo.partners": n}) for n in (3, 9)]
+        ablations += [(f"sync_every={t}", {"algo.sync_every": t}) for t in (1, 8)]
+        ablations += [(f"gamma={g}", {"algo.gamma": g}) for g in (0.1, 0.5, 5.0)]
+    grid = {
+        "convergence": [(a, {"algorithm": a}) for a in ALL],
+        "scalability": [(f"{a}-n{n}", {"algorithm": a, "n_clients": n}) for a, n in itertools.product(scal_algos, ns)],
+        "ablations": [(name, {"algorithm": "locfedmix", **o}) for name, o in ablations],
+    }
+    grid["noniid-convergence"] = [(k, {**o, "partition": "dirichlet"}) for k, o in grid["convergence"]]
+    if not quick:
+        grid["noniid-scalability"] = [(k, {**o, "partition": "dirichlet"}) for k, o in grid["scalability"]]
+    # SGLR's calibration point: an AlexNet-like model with one conv + pool on the client, 5 clients
+    grid["calibration"] = [(a, {"algorithm": a, "model": "alexnet", "n_clients": 5}) for a in ("psl", "sfl")]
+    return grid
+
+
+# In --quick mode only these experiments run more than one seed (the rest show the shape of the result).
+QUICK_MULTI_SEED = {"convergence", "ablations"}
+
+
+def cell_config(overrides: dict[str, Any], seed: int, rounds: int):
+    tree = apply_overrides(read_toml(BASE), [f"seed={seed}", f"rounds={rounds}"])
+    for key, value in overrides.items():
+        node = tree
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate(tree)
+
+
+def run_grid(grid_dir: Path, cells: list[tuple[str, str, dict]], seeds: dict[str, int], rounds: int) -> None:
+    todo = [(e, label, o, s) for e, label, o in cells for s in range(seeds[e])
+            if not (grid_dir / e / label / f"seed{s}" / "summary.json").exists()]
+    for experiment, label, overrides, seed in tqdm(todo, desc="cells"):
+        out = grid_dir / experiment / label / f"seed{seed}"
+        run(cell_config(overrides, seed, rounds), out, overwrite=True, progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small grid: fewer clients, rounds and seeds")
+    parser.add_argument("--only", nargs="+", help="experiments to run (default: all)")
+    parser.add_argument("--seeds", type=int, help="seeds per cell (default 3; quick: 2 for convergence and ablations, 1 else)")
+    parser.add_argument("--rounds", type=int, help="rounds per run (default 20; quick 3)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
+    args = parser.parse_args()
+    grid_name = "quick" if args.quick else "full"
+    grid_dir = RESULTS / "reproduction" / grid_name
+    grid = experiments(args.quick)
+    unknown = set(args.only or []) - set(grid)
+    if unknown:
+        parser.error(f"unknown experiment(s) {sorted(unknown)}; choose from {sorted(grid)}")
+    chosen = {k: v for k, v in grid.items() if not args.only or k in args.only}
+    cells = [(e, label, o) for e, entries in chosen.items() for label, o in entries]
+    seeds = {e: args.seeds or (3 if not args.quick else 2 if e in QUICK_MULTI_SEED else 1) for e in grid}
+    if not args.report_only:
+        run_grid(grid_dir, cells, seeds, args.rounds or (3 if args.quick else 20))
+    from reproduction_report import write_report
+
+    print(write_report(grid_dir, grid, RESULTS / ("REPRODUCTION.md" if not args.quick else "REPRODUCTION-quick.md")))
+
+
+if __name__ == "__main__":
+    main()

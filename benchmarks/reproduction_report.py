@@ -64,8 +64,12 @@ def curves(cells: dict[str, list[dict]], x_key: str, path: Path, title: str) -> 
         ys = np.array([[row["test_accuracy"] for row in r["rows"][:n]] for r in runs])
         ax.plot(xs, ys.mean(0), marker="o", markersize=3, label=label)
         ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15)
-    ax.set_xlabel({"round": "round", "simulated_seconds": "simulated seconds"}[x_key])
-    ax.set_ylabel("test accuracy")
+    finish(fig, ax, {"round": "round", "simulated_seconds": "simulated seconds"}[x_key], "test accuracy", title, path)
+
+
+def finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -86,14 +90,7 @@ def scalability_plot(cells: dict[str, list[dict]], path: Path, title: str) -> No
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
                     capsize=3, label=algorithm)
     ax.set_xscale("log")
-    ax.set_xlabel("clients N")
-    ax.set_ylabel("final test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, "clients N", "final test accuracy", title, path)
 
 
 def verdict(ours: list[float], theirs: list[float]) -> str:

@@ -230,3 +230,42 @@ def test_fedavg_every_t_steps_synchronizes_mid_round(data):
     fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=2)
     train_round(fed, split_indices(3, 16), 4, 1, data_step(x, y))
     assert fed.clients.identical()
+
+
+def test_sglr_without_gradmix_and_lr_scaling_equals_psl(data):
+    psl = run_steps("psl", data)
+    plain = run_steps("sglr", data, algo__gradmix_fraction=0.0, algo__server_lr_exponent=0.0)
+    for i in range(3):
+        assert_same(psl.clients.lower(i), plain.clients.lower(i))
+    assert_same(psl.server.uppers[0], plain.server.uppers[0])
+
+
+def test_mix2sfl_without_smashmix_and_gradmix_equals_sfl(data):
+    sfl = run_steps("sfl", data)
+    plain = run_steps("mix2sfl", data, algo__mix=False, algo__gradmix_fraction=0.0)
+    for i in range(3):
+        assert_same(sfl.clients.lower(i), plain.clients.lower(i))
+    assert_same(sfl.server.uppers[0], plain.server.uppers[0])
+
+
+def test_gradmix_gives_the_chosen_clients_their_weighted_mean_gradient():
+    from locfedmix.algorithms.gradmix import mix_gradients
+    from locfedmix.algorithms.parts import GradMix
+
+    grads = {0: torch.full((2, 3), 1.0), 1: torch.full((2, 3), 4.0), 2: torch.full((2, 3), 10.0)}
+    weights = {0: 0.5, 1: 0.25, 2: 0.25}
+    everyone = mix_gradients(grads, weights, GradMix(1.0), np.random.default_rng(0))
+    for g in everyone.values():
+        assert torch.allclose(g, torch.full((2, 3), 0.5 * 1 + 0.25 * 4 + 0.25 * 10))
+    assert mix_gradients(grads, weights, GradMix(0.0), np.random.default_rng(0)) == grads
+    half = mix_gradients({**grads, 3: torch.zeros(2, 3)}, {**weights, 3: 0.25}, GradMix(0.5),
+                         np.random.default_rng(1))
+    changed = [i for i in range(4) if not torch.equal(half[i], ({**grads, 3: torch.zeros(2, 3)})[i])]
+    assert len(changed) == 2 and torch.equal(half[changed[0]], half[changed[1]])
+
+
+def test_sglr_scales_the_server_learning_rate_with_the_number_of_clients():
+    fed = make_federation("sglr", sizes=[1] * 4, n_clients=4, server_optimizer__lr=0.01)
+    assert fed.server.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 4 ** 0.5)
+    assert make_federation("psl", sizes=[1] * 4, n_clients=4, server_optimizer__lr=0.01).server.optimizers[0] \
+        .param_groups[0]["lr"] == pytest.approx(0.01)

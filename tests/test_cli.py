@@ -38,7 +38,8 @@ def run_cli(*args: str) -> int:
 def test_algorithms_lists_every_algorithm_with_a_description(capsys):
     assert main(["algorithms"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix"]
+    assert [line.split()[0] for line in lines] == ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix",
+                                                   "sglr", "mix2sfl"]
     assert all(len(line.split()) > 3 for line in lines)
 
 

@@ -10,7 +10,7 @@ from locfedmix.engines.federation import data_step, train_round
 from locfedmix.engines.stacked_optim import StackedOptimizer
 from locfedmix.engines.vectorized import StackedModule
 
-ALGORITHMS = ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix"]
+ALGORITHMS = ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr", "mix2sfl"]
 # unequal shares: clients run out of batches at different steps and last batches differ in size
 SIZES = [10, 6, 7]
 

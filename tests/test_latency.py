@@ -33,11 +33,14 @@ def hand_count(algorithm: str) -> tuple[int, int]:
         "sflv2": (fedavg, fedavg),
         "locsplitfed": (fedavg + 2 * AUX_HEAD, fedavg + 2 * AUX_HEAD - down),  # no gradient comes down
         "locfedmix": (fedavg + 2 * DECODER, fedavg + 2 * DECODER),
+        "sglr": (0, 0),  # GradMix changes what comes down, not how much
+        "mix2sfl": (fedavg, fedavg),
     }[algorithm]
     return up + extra[0], down + extra[1]
 
 
-@pytest.mark.parametrize("algorithm", ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix"])
+@pytest.mark.parametrize("algorithm", ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr",
+                                       "mix2sfl"])
 def test_ledger_equals_a_hand_count(algorithm, data):
     x, y = data
     fed = make_federation(algorithm, sizes=[4, 4], n_clients=2)
@@ -156,7 +159,7 @@ def test_latency_command_prints_every_algorithm(tmp_path, capsys):
     (tmp_path / "c.toml").write_text(QUICK)
     assert main(["latency", "--config", str(tmp_path / "c.toml"), "--set", "latency.profile='edge-wifi'"]) == 0
     out = capsys.readouterr().out
-    for name in ("sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix"):
+    for name in ("sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr", "mix2sfl"):
         assert f"| {name} |" in out
     assert main(["latency", "--config", str(tmp_path / "c.toml"), "--set", "latency.profile='moon'"]) == 2
     assert "unknown latency profile 'moon'" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def test_sequential_schedule_hands_off_after_every_k_batches():
 
 
 def test_every_algorithm_declares_its_parts():
-    assert list(ALGORITHMS) == ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix"]
+    assert list(ALGORITHMS) == ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr", "mix2sfl"]
     assert resolve_algorithm("locfedmix", {"loc": False, "mix": False, "fed": False}).objective == ALGORITHMS[
         "psl"].objective
 
@@ -104,6 +104,9 @@ def test_every_algorithm_declares_its_parts():
     ("sl", {"sync_every": 2}, "algo.sync_every"),
     ("sflv2", {"sync_every": 2}, "algo.sync_every"),
     ("psl", {"handoff_every": 2}, "algo.handoff_every"),
+    ("psl", {"gradmix_fraction": 0.3}, "algo.gradmix_fraction"),
+    ("sflv1", {"server_lr_exponent": 1.0}, "algo.server_lr_exponent"),
+    ("sfl", {"loc": False}, "algo.loc"),
     ("locfedmix", {"server_layout": "per_client"}, "algo.server_layout"),
     ("locfedmix", {"loc": False, "gamma": 2.0}, "algo.gamma"),
 ])

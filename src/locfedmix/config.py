@@ -53,6 +53,8 @@ class AlgoSwitches(_Section):
     mix_extra_step: bool | None = None
     sync_every: int | None = Field(None, ge=0)
     average_heads: bool | None = None
+    gradmix_fraction: float | None = Field(None, ge=0, le=1)
+    server_lr_exponent: float | None = Field(None, ge=0, le=3)
     handoff_every: int | None = Field(None, ge=0)
     server_layout: ServerLayout | None = None
 

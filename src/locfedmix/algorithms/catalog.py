@@ -6,6 +6,7 @@ from typing import Any, Callable
 from locfedmix.algorithms.parts import (
     ClientObjective,
     FedAvg,
+    GradMix,
     LocalClassifier,
     Order,
     Parallel,
@@ -31,6 +32,8 @@ class Algorithm:
     mixer: SmashMix | None = None
     server_layout: ServerLayout = ServerLayout.SHARED
     sync: Sync = None
+    gradient_mixer: GradMix | None = None
+    server_lr_exponent: float = 0.0  # SGLR's SplitLr: the server learning rate is multiplied by N^exponent
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -51,6 +54,10 @@ ALGORITHMS: dict[str, Algorithm] = {
                   "Han et al. 2021", Parallel(), objective=LocalClassifier(), sync=FedAvg()),
         Algorithm("locfedmix", "LocFedMix-SL: psl + reconstruction regularizer + SmashMix + FedAvg",
                   "Oh et al. 2022", Parallel(), objective=Reconstruction(), mixer=SmashMix(), sync=FedAvg()),
+        Algorithm("sglr", "psl + server learning rate × N^0.5 + GradMix of the cut gradients of half the clients",
+                  "Pal et al. 2021 (SGLR)", Parallel(), gradient_mixer=GradMix(), server_lr_exponent=0.5),
+        Algorithm("mix2sfl", "SmashMix + GradMix + FedAvg of the lower models (no regularizer)",
+                  "Oh et al. 2024 (Mix2SFL)", Parallel(), mixer=SmashMix(), sync=FedAvg(), gradient_mixer=GradMix()),
     ]
 }
 
@@ -60,13 +67,18 @@ def algorithm_names() -> list[str]:
 
 
 def _ablation(part: str) -> Callable[[Algorithm, bool], Algorithm]:
-    """The loc / mix / fed switches of LocFedMix-SL: off replaces the part with plain psl's."""
-    off = {"loc": {"objective": ServerGradient()}, "mix": {"mixer": None}, "fed": {"sync": None}}[part]
+    """The loc / mix / fed switches (LocFedMix-SL's ablations, and the same parts wherever else they appear):
+    off replaces the part with plain psl's."""
+    field, off, present = {
+        "loc": ("objective", ServerGradient(), lambda a: isinstance(a.objective, Reconstruction)),
+        "mix": ("mixer", None, lambda a: a.mixer is not None),
+        "fed": ("sync", None, lambda a: isinstance(a.sync, FedAvg)),
+    }[part]
 
     def apply(algo: Algorithm, on: bool) -> Algorithm:
-        if algo.name != "locfedmix":
-            raise UserError(f"algo.{part} switches a part of locfedmix only; algorithm is '{algo.name}'")
-        return algo if on else replace(algo, **off)
+        if not present(algo):
+            raise UserError(f"algo.{part} switches a part that algorithm '{algo.name}' does not have")
+        return algo if on else replace(algo, **{field: off})
 
     return apply
 
@@ -100,6 +112,19 @@ def _fedavg_field(switch: str, field: str) -> Callable[[Algorithm, Any], Algorit
     return apply
 
 
+def _gradmix_fraction(algo: Algorithm, value: float) -> Algorithm:
+    if algo.gradient_mixer is None:
+        raise UserError(f"algo.gradmix_fraction needs GradMix (sglr, mix2sfl); algorithm is '{algo.name}'")
+    return replace(algo, gradient_mixer=GradMix(value))
+
+
+def _server_lr_exponent(algo: Algorithm, value: float) -> Algorithm:
+    if not isinstance(algo.schedule, Parallel) or algo.server_layout is not ServerLayout.SHARED:
+        raise UserError(f"algo.server_lr_exponent needs one shared server model serving clients in parallel; "
+                        f"algorithm is '{algo.name}'")
+    return replace(algo, server_lr_exponent=value)
+
+
 def _handoff(algo: Algorithm, value: int) -> Algorithm:
     if not isinstance(algo.sync, Relay):
         raise UserError(f"algo.handoff_every applies to the relay of sl; algorithm is '{algo.name}'")
@@ -129,6 +154,8 @@ SWITCHES: dict[str, Callable[[Algorithm, Any], Algorithm]] = {
     "mix_extra_step": _mixer_field("mix_extra_step", "extra_step"),
     "sync_every": _fedavg_field("sync_every", "every_steps"),
     "average_heads": _fedavg_field("average_heads", "average_heads"),
+    "gradmix_fraction": _gradmix_fraction,
+    "server_lr_exponent": _server_lr_exponent,
     "handoff_every": _handoff,
     "server_layout": _server_layout,
 }

@@ -92,6 +92,15 @@ class SmashMix:
 
 
 @dataclass(frozen=True)
+class GradMix:
+    """SGLR's *GradMix* / SplitAvg (Pal et al. 2021), reused by Mix2SFL: each step a random fraction φ of the
+    participating clients receives, instead of its own cut gradient, the δ-weighted mean of that group's cut gradients
+    (clients with equal batch shapes are averaged together)."""
+
+    fraction: float = 0.5
+
+
+@dataclass(frozen=True)
 class Relay:
     """Sequential SL's hand-off: the client that trains next first receives the lower weights of the last one."""
 

@@ -29,8 +29,11 @@ class Server:
 
 
 def build_server(algo: Algorithm, model: SplitModel, n_clients: int, optimizer: OptimizerConfig) -> Server:
+    """The upper model(s) with their optimizers; SGLR's SplitLr scales the server learning rate by N^exponent."""
     copies = n_clients if algo.server_layout is ServerLayout.PER_CLIENT else 1
     uppers = [copy.deepcopy(model.upper) for _ in range(copies)]
+    if algo.server_lr_exponent:
+        optimizer = optimizer.model_copy(update={"lr": optimizer.lr * n_clients ** algo.server_lr_exponent})
     return Server(uppers, [build_optimizer(list(u.parameters()), optimizer) for u in uppers])
 
 

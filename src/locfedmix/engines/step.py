@@ -1,6 +1,6 @@
 """One training step, shared by every algorithm: the paper's Fig. 7 flow, read top to bottom.
 
-clients forward → uploads → server loss (+ SmashMix) → server update → cut gradients down →
+clients forward → uploads → server loss (+ SmashMix) → server update → (GradMix) → cut gradients down →
 client backward (+ local objective) → client optimizer steps. A sequential schedule is the same step with one client.
 """
 
@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from locfedmix.algorithms.catalog import Algorithm
+from locfedmix.algorithms.gradmix import mix_gradients
 from locfedmix.algorithms.objectives import receives_server_gradient
 from locfedmix.algorithms.parts import ServerLayout
 from locfedmix.algorithms.smashmix import smashmix_loss
@@ -32,6 +33,8 @@ def train_step(
     uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.per_client().items()}
     labels = {i: y for i, (_, y) in batches.items()}
     loss, cut_grads = server_step(algo, server, uploads, labels, weights, mix_rng)
+    if algo.gradient_mixer is not None and cut_grads:
+        cut_grads = mix_gradients(cut_grads, weights, algo.gradient_mixer, mix_rng)
     record_step(ledger, uploads, labels, cut_grads)
     clients.backward_and_step(algo.objective, smashed, cut_grads, batches)
     return loss

@@ -83,7 +83,7 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
         "algorithm": config.algorithm, "parts": repr(fed.algo), "final": rows[-1], "steps": fed.step,
         "best_test_accuracy": max(r["test_accuracy"] for r in rows),
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
-        "ledger_bytes": fed.ledger.state_dict(), "simulated": fed.clock.state_dict(),
+        "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
         "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__,
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
@@ -92,21 +92,29 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
 
 
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
-        label: str | None = None) -> dict[str, Any]:
+        label: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`
-    (metrics.csv gains a row, flushed, after every evaluation)."""
+    (metrics.csv gains a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
+    `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
+    run."""
     started = time.perf_counter()
     data = federate(config)
     ds = data.dataset
     fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
                            [len(i) for i in data.client_indices])
-    run_dir = RunDirectory(out, config, overwrite) if out is not None else None
+    run_dir = RunDirectory(out, config, overwrite, resume) if out is not None else None
+    done, rows, train_seconds = 0, [], 0.0
+    checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
+    if checkpoint is not None:
+        fed.load_state_dict(checkpoint["federation"])
+        done, rows, train_seconds = checkpoint["round"], checkpoint["rows"], checkpoint["train_seconds"]
+    if resume and run_dir:
+        run_dir.rewrite_metrics(rows)
     execute = data_step(ds.x_train, ds.y_train)
-    total = config.rounds * steps_per_round(fed, data.client_indices, config.batch_size)
-    rows, train_seconds = [], 0.0
-    with tqdm(total=total, desc=label or config.algorithm, disable=None if progress else True, leave=False,
-              unit="step") as bar:
-        for r in range(1, config.rounds + 1):
+    per_round = steps_per_round(fed, data.client_indices, config.batch_size)
+    with tqdm(total=config.rounds * per_round, initial=done * per_round, desc=label or config.algorithm,
+              disable=None if progress else True, leave=False, unit="step") as bar:
+        for r in range(done + 1, config.rounds + 1):
             tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
             train_seconds += time.perf_counter() - tick
@@ -115,6 +123,9 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
                 if run_dir:
                     run_dir.append(rows[-1])
                 bar.set_postfix(test_acc=f"{rows[-1]['test_accuracy']:.3f}")
+            if run_dir and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
+                run_dir.save_checkpoint({"round": r, "rows": rows, "train_seconds": train_seconds,
+                                         "federation": fed.state_dict()})
     summary = summarize(fed, data, config, rows, time.perf_counter() - started, train_seconds)
     if run_dir:
         run_dir.write_summary(summary)

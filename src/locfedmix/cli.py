@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="locfedmix", description="Parallel split learning: LocFedMix-SL and its baselines.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="train the configured algorithm(s) and write a run directory")
-    run.add_argument("--config", required=True, help="TOML experiment file")
+    run.add_argument("--config", help="TOML experiment file")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted for sections, e.g. algo.mix=false); repeatable")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
@@ -35,6 +36,10 @@ def _run(args: argparse.Namespace) -> None:
     from locfedmix.api import run
     from locfedmix.experiment import load_experiment
 
+    if args.resume:
+        return _resume(args)
+    if not args.config:
+        raise UserError("run needs --config FILE (or --resume DIR)")
     cells = load_experiment(args.config, args.overrides)
     base = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     results = []
@@ -46,6 +51,20 @@ def _run(args: argparse.Namespace) -> None:
         print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}", flush=True)
     if len(results) > 1:
         print(_table(results))
+
+
+def _resume(args: argparse.Namespace) -> None:
+    """Resume one run directory with the exact config it was started with."""
+    from locfedmix.api import run
+    from locfedmix.experiment import load_experiment
+
+    if args.config or args.overrides:
+        raise UserError("--resume continues a run with its own config.toml; drop --config and --set")
+    directory = Path(args.resume)
+    ((_, config),) = load_experiment(directory / "config.toml")
+    summary = run(config, directory, progress=not args.no_progress, resume=True)
+    row = _result_row(config.algorithm, summary)
+    print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}", flush=True)
 
 
 RESULT_HEADER = ("run", "test accuracy", "rounds", "MB up", "MB down", "time to target (simulated)", "wall s")

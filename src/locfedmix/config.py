@@ -125,6 +125,7 @@ class Config(_Section):
     batch_size: int = Field(ge=1)
     seed: int = Field(0, ge=0)
     cut: int = Field(0, ge=0, description="blocks on the client; 0 = the model's default")
+    checkpoint_every: int = Field(1, ge=0, description="rounds between checkpoints; 0 = never")
     client_optimizer: OptimizerConfig = OptimizerConfig()
     server_optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()

@@ -47,6 +47,10 @@ class ClientPool(Protocol):
 
     def identical(self) -> bool: ...
 
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 @dataclass
 class LoopClient:
@@ -100,6 +104,17 @@ class LoopClients:
         federated_average([c.lower for c in self.clients], weights)
         if heads and self.has_head:
             federated_average([c.head for c in self.clients], weights)
+
+    def state_dict(self) -> dict:
+        return {"clients": [{"lower": c.lower.state_dict(), "head": c.head.state_dict() if c.head else None,
+                             "optimizer": c.optimizer.state_dict()} for c in self.clients]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for client, saved in zip(self.clients, state["clients"]):
+            client.lower.load_state_dict(saved["lower"])
+            if client.head is not None:
+                client.head.load_state_dict(saved["head"])
+            client.optimizer.load_state_dict(saved["optimizer"])
 
     def identical(self) -> bool:
         first = self.clients[0].lower.state_dict()

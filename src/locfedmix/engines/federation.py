@@ -40,6 +40,20 @@ class Federation:
     step: int = 0
     holder: int | None = None  # sequential SL: the client holding the current lower model
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs; every random draw is derived from (seed, purpose, round or step), so
+        the step counter and the round index stand in for generator states and data-loader positions."""
+        return {"clients": self.clients.state_dict(), "server": self.server.state_dict(),
+                "ledger": self.ledger.state_dict(), "clock": self.clock.state_dict(), "step": self.step,
+                "holder": self.holder}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.clients.load_state_dict(state["clients"])
+        self.server.load_state_dict(state["server"])
+        self.ledger.load_state_dict(state["ledger"])
+        self.clock.load_state_dict(state["clock"])
+        self.step, self.holder = state["step"], state["holder"]
+
     def weights(self, ids) -> dict[int, float]:
         """δ_i = |D_i| / Σ_k |D_k| over the clients taking part."""
         total = sum(self.sizes[i] for i in ids)

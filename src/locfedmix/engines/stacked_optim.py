@@ -62,4 +62,10 @@ class StackedOptimizer:
         param.add_(grad, alpha=-self.cfg.lr)
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "first": self.first, "second": self.second}
+        return {"steps": self.steps.clone(), "first": [t.clone() for t in self.first],
+                "second": [t.clone() for t in self.second]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps.copy_(state["steps"])
+        for mine, saved in zip(self.first + self.second, state["first"] + state["second"]):
+            mine.copy_(saved)

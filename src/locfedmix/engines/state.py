@@ -27,6 +27,15 @@ class Server:
     def upper_of(self, client: int) -> nn.Module:
         return self.uppers[client if len(self.uppers) > 1 else 0]
 
+    def state_dict(self) -> dict:
+        return {"uppers": [u.state_dict() for u in self.uppers], "optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for upper, saved in zip(self.uppers, state["uppers"]):
+            upper.load_state_dict(saved)
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+
 
 def build_server(algo: Algorithm, model: SplitModel, n_clients: int, optimizer: OptimizerConfig) -> Server:
     """The upper model(s) with their optimizers; SGLR's SplitLr scales the server learning rate by N^exponent."""

@@ -136,3 +136,17 @@ class StackedClients:
 
     def identical(self) -> bool:
         return self.lowers.identical()
+
+    def state_dict(self) -> dict:
+        stacks = {"lower": self.lowers} | ({"head": self.heads} if self.heads else {})
+        return {"tensors": {name: {k: v.detach().clone() for k, v in stack.tensors().items()}
+                            for name, stack in stacks.items()},
+                "optimizer": self.optimizer.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        stacks = {"lower": self.lowers} | ({"head": self.heads} if self.heads else {})
+        for name, stack in stacks.items():
+            for k, v in stack.tensors().items():
+                v.copy_(state["tensors"][name][k])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -68,8 +68,23 @@ class Ledger:
     def total(self, direction: Direction) -> int:
         return sum(n for (d, _), n in self.totals.items() if d is direction)
 
-    def state_dict(self) -> dict:
+    def summary(self) -> dict:
+        """JSON-friendly totals: by direction/kind and by client."""
         return {
             "totals": {f"{d}/{k}": n for (d, k), n in sorted(self.totals.items())},
             "per_client": {c: {str(d): n for d, n in v.items()} for c, v in sorted(self.per_client.items())},
         }
+
+    def state_dict(self) -> dict:
+        """Plain strings and numbers only, so a checkpoint loads with torch.load(weights_only=True)."""
+        return {"totals": {f"{d}/{k}": n for (d, k), n in self.totals.items()},
+                "per_client": {c: {str(d): n for d, n in v.items()} for c, v in self.per_client.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals.clear()
+        for key, n in state["totals"].items():
+            direction, kind = key.split("/")
+            self.totals[Direction(direction), Kind(kind)] = n
+        self.per_client.clear()
+        for client, sent in state["per_client"].items():
+            self.per_client[client].update({Direction(d): n for d, n in sent.items()})

@@ -97,3 +97,7 @@ class Clock:
 
     def state_dict(self) -> dict:
         return {"seconds": self.seconds, "phases": dict(self.phases)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds = state["seconds"]
+        self.phases = dict(state["phases"])

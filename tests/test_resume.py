@@ -1,0 +1,90 @@
+"""Checkpoint and resume: a run killed with SIGKILL at a random point and resumed ends with the metrics.csv of an
+uninterrupted run, for every algorithm."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.api import run
+from locfedmix.cli import main
+from locfedmix.config import validate
+
+BASE = {"dataset": "synthetic", "n_clients": 3, "samples_per_client": 40, "rounds": 6, "batch_size": 10,
+        "seed": 5, "data": {"val_fraction": 0.1}}
+COMMAND = [sys.executable, "-m", "locfedmix", "run", "--no-progress"]
+
+
+def write_config(path, algorithm: str, **extra) -> None:
+    lines = [f'algorithm = "{algorithm}"'] + [f"{k} = {v!r}".replace("'", '"') for k, v in BASE.items()
+                                               if not isinstance(v, dict)]
+    lines += ["[data]", "val_fraction = 0.1"] + [line for section in extra.values() for line in section]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def rows_written(out) -> int:
+    try:
+        return max(0, len((out / "metrics.csv").read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def kill_mid_run(config_path, out, rng: random.Random) -> None:
+    """Start a real run and SIGKILL it as soon as a randomly chosen round has been evaluated: mid-way through the
+    next round, or between the evaluation and its checkpoint."""
+    process = subprocess.Popen([*COMMAND, "--config", str(config_path), "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after = rng.randint(1, BASE["rounds"] - 2)
+    deadline = time.monotonic() + 120
+    while rows_written(out) < kill_after:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert rows_written(out) < BASE["rounds"], "the run finished before it was killed"
+
+
+@pytest.mark.parametrize("algorithm, engine", [(a, "auto") for a in ALGORITHMS] + [("locfedmix", "vectorized")])
+def test_killed_and_resumed_run_equals_an_uninterrupted_run(algorithm, engine, tmp_path):
+    extra = {"engine": ["[engine]", f'kind = "{engine}"']}
+    config_path = tmp_path / "c.toml"
+    write_config(config_path, algorithm, **extra)
+    reference = tmp_path / "reference"
+    assert main(["run", "--config", str(config_path), "--out", str(reference), "--no-progress"]) == 0
+    killed = tmp_path / "killed"
+    kill_mid_run(config_path, killed, random.Random(f"{algorithm}-{engine}"))
+    resumed = subprocess.run([*COMMAND, "--resume", str(killed)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    config = validate({**BASE, "algorithm": "sfl", "rounds": 2})
+    first = run(config, tmp_path / "r", progress=False)
+    again = run(config, tmp_path / "r", progress=False, resume=True)
+    assert first["final"] == again["final"]
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, capsys):
+    config = validate({**BASE, "algorithm": "psl", "rounds": 1})
+    run(config, tmp_path / "r", progress=False)
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["run", "--resume", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint.pt" in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--resume", "{d}", "--set", "rounds=3"], "drop --config and --set"),
+    (["--resume", "{d}/nowhere"], "nowhere"),
+])
+def test_resume_mistakes(args, fragment, tmp_path, capsys):
+    config = validate({**BASE, "algorithm": "psl", "rounds": 1})
+    run(config, tmp_path / "r", progress=False)
+    assert main(["run", *[a.format(d=tmp_path / "r") for a in args]]) == 2
+    assert fragment in capsys.readouterr().err

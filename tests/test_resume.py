@@ -88,3 +88,29 @@ def test_resume_mistakes(args, fragment, tmp_path, capsys):
     run(config, tmp_path / "r", progress=False)
     assert main(["run", *[a.format(d=tmp_path / "r") for a in args]]) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_a_non_finite_value_names_the_step_client_and_algorithm(tmp_path):
+    import numpy as np
+    import torch
+
+    from conftest import make_federation
+    from locfedmix.engines.federation import data_step, train_round
+    from locfedmix.errors import NumericalError
+
+    x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    x[7] = float("nan")  # one sample of client 1
+    fed = make_federation("sfl", sizes=[6, 6], n_clients=2)
+    with pytest.raises(NumericalError, match=r"client 1's smashed data are not finite at step 1 \(round 1\) of sfl"):
+        train_round(fed, [np.arange(0, 6), np.arange(6, 12)], 3, 1, data_step(x, y))
+
+
+def test_divergence_stops_the_run_with_one_line_and_keeps_the_checkpoint(tmp_path, capsys):
+    config_path = tmp_path / "c.toml"
+    write_config(config_path, "psl")
+    out = tmp_path / "r"
+    code = main(["run", "--config", str(config_path), "--out", str(out), "--no-progress",
+                 "--set", "client_optimizer.name='sgd'", "--set", "client_optimizer.lr=1e30",
+                 "--set", "server_optimizer.name='sgd'", "--set", "server_optimizer.lr=1e30"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1 and "of psl" in err and "not finite" in err

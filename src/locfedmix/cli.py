@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
-from locfedmix.errors import UserError
+from locfedmix.errors import NumericalError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"locfedmix: error: {err}", file=sys.stderr)
         return 2
+    except NumericalError as err:
+        print(f"locfedmix: numerical fault: {err}; the last good checkpoint is kept (--resume after fixing the "
+              f"cause)", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("locfedmix: interrupted; results written so far are in the run directory", file=sys.stderr)
         return 130

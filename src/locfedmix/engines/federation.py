@@ -17,6 +17,7 @@ from locfedmix.engines.clients import ClientPool, LoopClients
 from locfedmix.engines.state import Server, build_client_head, build_server
 from locfedmix.engines.step import train_step
 from locfedmix.engines.vectorized import StackedClients
+from locfedmix.errors import NumericalError
 from locfedmix.latency.flops import SampleFlops, count_flops
 from locfedmix.latency.ledger import Direction, Kind, Ledger, module_bytes
 from locfedmix.latency.model import Clock, Profile, step_phases, sync_phases
@@ -153,7 +154,10 @@ def train_round(
     for plan in plan_round(algo.schedule, batches, numpy_generator(fed.seed, "order", round_index)):
         if isinstance(sync, Relay):
             hand_off(fed, next(iter(plan)))
-        losses.append(execute(fed, plan))
+        try:
+            losses.append(execute(fed, plan))
+        except NumericalError as err:
+            raise NumericalError(f"{err} at step {fed.step} (round {round_index}) of {algo.name}") from None
         sizes = {i: len(idx) for i, idx in plan.items()}
         fed.clock.advance(step_phases(algo, fed.flops, fed.profile, sizes, fed.ledger.close()))
         fed.step += 1

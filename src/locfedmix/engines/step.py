@@ -4,6 +4,8 @@ clients forward → uploads → server loss (+ SmashMix) → server update → (
 client backward (+ local objective) → client optimizer steps. A sequential schedule is the same step with one client.
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from locfedmix.algorithms.parts import ServerLayout
 from locfedmix.algorithms.smashmix import smashmix_loss
 from locfedmix.engines.clients import Batches, ClientPool
 from locfedmix.engines.state import Server
+from locfedmix.errors import NumericalError
 from locfedmix.latency.ledger import Direction, Kind, Ledger
 
 
@@ -33,11 +36,23 @@ def train_step(
     uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.per_client().items()}
     labels = {i: y for i, (_, y) in batches.items()}
     loss, cut_grads = server_step(algo, server, uploads, labels, weights, mix_rng)
+    check_finite(loss, uploads, cut_grads)
     if algo.gradient_mixer is not None and cut_grads:
         cut_grads = mix_gradients(cut_grads, weights, algo.gradient_mixer, mix_rng)
     record_step(ledger, uploads, labels, cut_grads)
     clients.backward_and_step(algo.objective, smashed, cut_grads, batches)
     return loss
+
+
+def check_finite(loss: float, uploads: dict[int, torch.Tensor], cut_grads: dict[int, torch.Tensor]) -> None:
+    """Stop at the first non-finite value, naming the client it came from."""
+    for i in sorted(uploads):
+        if not torch.isfinite(uploads[i]).all():
+            raise NumericalError(f"client {i}'s smashed data are not finite")
+        if i in cut_grads and not torch.isfinite(cut_grads[i]).all():
+            raise NumericalError(f"the cut gradient for client {i} is not finite")
+    if not math.isfinite(loss):
+        raise NumericalError(f"the server loss is not finite (clients {sorted(uploads)})")
 
 
 def record_step(ledger: Ledger, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],

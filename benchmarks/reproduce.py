@@ -3,6 +3,7 @@
     python benchmarks/reproduce.py --quick             # a small grid, under 15 minutes on 2 CPU cores
     python benchmarks/reproduce.py                     # the full grid (hours on CPU; run it on a GPU)
     python benchmarks/reproduce.py --only convergence ablations --seeds 3
+    python benchmarks/reproduce.py --workers 12 --set engine.device=cuda --set eval.batch_size=1000   # on a GPU
 
 Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
 whose summary.json exists is skipped, so an interrupted grid resumes where it stopped. The report
@@ -11,6 +12,8 @@ whose summary.json exists is skipped, so an interrupted grid resumes where it st
 
 import argparse
 import itertools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,9 @@ def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
 QUICK_MULTI_SEED = {"convergence", "ablations"}
 
 
-def cell_config(overrides: dict[str, Any], seed: int, rounds: int):
-    tree = apply_overrides(read_toml(BASE), [f"seed={seed}", f"rounds={rounds}"])
+def cell_config(overrides: dict[str, Any], seed: int, rounds: int, settings: list[str]):
+    """The base config with the cell's overrides; `settings` (--set) apply to every cell (device, eval batch)."""
+    tree = apply_overrides(read_toml(BASE), [f"seed={seed}", f"rounds={rounds}", *settings])
     for key, value in overrides.items():
         node = tree
         *path, last = key.split(".")
@@ -66,12 +70,24 @@ def cell_config(overrides: dict[str, Any], seed: int, rounds: int):
     return validate(tree)
 
 
-def run_grid(grid_dir: Path, cells: list[tuple[str, str, dict]], seeds: dict[str, int], rounds: int) -> None:
-    todo = [(e, label, o, s) for e, label, o in cells for s in range(seeds[e])
-            if not (grid_dir / e / label / f"seed{s}" / "summary.json").exists()]
-    for experiment, label, overrides, seed in tqdm(todo, desc="cells"):
-        out = grid_dir / experiment / label / f"seed{seed}"
-        run(cell_config(overrides, seed, rounds), out, overwrite=True, progress=False)
+def run_cell(out: Path, config) -> None:
+    run(config, out, overwrite=True, progress=False)
+
+
+def run_grid(grid_dir: Path, cells: list[tuple[str, str, dict]], seeds: dict[str, int], rounds: int,
+             settings: list[str], workers: int) -> None:
+    """Every unfinished (cell, seed), seed 0 of every cell first so that a grid cut short has the widest coverage;
+    with `workers` > 1 in that many processes (spawned: CUDA cannot be forked)."""
+    todo = [(grid_dir / e / label / f"seed{s}", cell_config(o, s, rounds, settings))
+            for s in range(max(seeds.values(), default=0)) for e, label, o in cells if s < seeds[e]]
+    todo = [(out, config) for out, config in todo if not (out / "summary.json").exists()]
+    if workers == 1:
+        for out, config in tqdm(todo, desc="cells"):
+            run_cell(out, config)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in tqdm(as_completed([pool.submit(run_cell, *job) for job in todo]), total=len(todo), desc="cells"):
+            done.result()
 
 
 def main() -> None:
@@ -81,6 +97,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help="seeds per cell (default 3; quick: 2 for convergence and ablations, 1 else)")
     parser.add_argument("--rounds", type=int, help="rounds per run (default 20; quick 3)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every cell, e.g. engine.device=cuda (repeatable)")
+    parser.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
     args = parser.parse_args()
     grid_name = "quick" if args.quick else "full"
     grid_dir = RESULTS / "reproduction" / grid_name
@@ -92,7 +111,7 @@ def main() -> None:
     cells = [(e, label, o) for e, entries in chosen.items() for label, o in entries]
     seeds = {e: args.seeds or (3 if not args.quick else 2 if e in QUICK_MULTI_SEED else 1) for e in grid}
     if not args.report_only:
-        run_grid(grid_dir, cells, seeds, args.rounds or (3 if args.quick else 20))
+        run_grid(grid_dir, cells, seeds, args.rounds or (3 if args.quick else 20), args.settings, args.workers)
     from reproduction_report import write_report
 
     print(write_report(grid_dir, grid, RESULTS / ("REPRODUCTION.md" if not args.quick else "REPRODUCTION-quick.md")))

@@ -6,11 +6,14 @@ centralized training of the same model measured in the same process (so machine 
 
 Each cell runs in its own process (peak memory is per process). Model: the small CNN on CIFAR-shaped 3×32×32
 inputs, cut after its two conv blocks; Adam; batch 16 per client; centralized baseline: batch 64.
-Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md.
+    python benchmarks/throughput.py --device cuda --engine loop vectorized   # both pools on the GPU
+
+Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md (THROUGHPUT-cuda.md on a GPU).
 """
 
 import argparse
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import peak_memory_mb
 from locfedmix.config import validate
+from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import build_federation, data_step, train_round
 from locfedmix.latency.model import mixed_samples
 from locfedmix.models import build_split_model
@@ -33,37 +37,46 @@ RESULTS = Path(__file__).parent / "results"
 SHAPE, CLASSES, BATCH, CENTRAL_BATCH = (3, 32, 32), 10, 16, 64
 
 
-def centralized_rate(seconds: float) -> float:
+def clock(device: torch.device) -> float:
+    """Wall time after the device has finished the work queued so far (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def centralized_rate(seconds: float, device: torch.device) -> float:
     model = build_split_model("cnn", SHAPE, CLASSES)
-    net = torch.nn.Sequential(model.lower, model.upper)
+    net = torch.nn.Sequential(model.lower, model.upper).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = torch.rand(CENTRAL_BATCH, *SHAPE), torch.randint(0, CLASSES, (CENTRAL_BATCH,))
+    x = torch.rand(CENTRAL_BATCH, *SHAPE, device=device)
+    y = torch.randint(0, CLASSES, (CENTRAL_BATCH,), device=device)
     samples, start = 0, None
-    while start is None or time.perf_counter() - start < seconds:
+    while start is None or clock(device) - start < seconds:
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
         if start is None:  # the first step warms up
-            start = time.perf_counter()
+            start = clock(device)
         else:
             samples += CENTRAL_BATCH
-    return samples / (time.perf_counter() - start)
+    return samples / (clock(device) - start)
 
 
-def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str) -> tuple[float, str]:
+def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str,
+               device: torch.device) -> tuple[float, str, float]:
     config = validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": n_clients, "rounds": 1,
-                       "batch_size": BATCH, "engine": {"kind": engine}})
-    fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients)
-    x = torch.rand(n_clients * per_client, *SHAPE)
-    y = torch.randint(0, CLASSES, (n_clients * per_client,))
+                       "batch_size": BATCH, "engine": {"kind": engine, "device": str(device)}})
+    fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients, device)
+    x = torch.rand(n_clients * per_client, *SHAPE, device=device)
+    y = torch.randint(0, CLASSES, (n_clients * per_client,), device=device)
     indices = [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
     execute = data_step(x, y)
     train_round(fed, indices, BATCH, 0, execute)  # warm-up
-    rounds, start = 0, time.perf_counter()
-    while rounds == 0 or time.perf_counter() - start < seconds:
+    rounds, start = 0, clock(device)
+    while rounds == 0 or clock(device) - start < seconds:
         rounds += 1
         train_round(fed, indices, BATCH, rounds, execute)
-    rate = rounds * n_clients * per_client / (time.perf_counter() - start)
+    rate = rounds * n_clients * per_client / (clock(device) - start)
     return rate, type(fed.clients).__name__, work_per_sample(fed, per_client)
 
 
@@ -78,16 +91,18 @@ def work_per_sample(fed, per_client: int) -> float:
 
 def run_cell(args: argparse.Namespace) -> None:
     algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
-    central = centralized_rate(args.seconds)
-    rate, engine, work = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine)
-    print(json.dumps({"algorithm": algorithm, "n_clients": n_clients, "per_client": per_client, "engine": engine,
+    device = resolve_device(args.device)
+    central = centralized_rate(args.seconds, device)
+    rate, engine, work = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine, device)
+    print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients, "per_client": per_client, "engine": engine,
                       "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,
                       "work_per_sample": work, "work_ratio": rate * work / central,
                       "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}))
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    lines = [f"# Throughput ({device}, {rows[0]['threads']} threads)", "",
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{rows[0]['threads']} threads"
+    lines = [f"# Throughput ({device}, {where})", "",
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
              "the same process. *work* is the algorithm's FLOPs per sample over plain training's (the decoder, the "
              "auxiliary head and SmashMix's extra server samples are the algorithm's own work); *work ratio* = "
@@ -111,21 +126,25 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 10, 100, 1000])
     parser.add_argument("--per-client", nargs="+", type=int, default=[16, 1])
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per rate")
-    parser.add_argument("--engine", default="auto", choices=["auto", "loop", "vectorized"])
+    parser.add_argument("--engine", nargs="+", default=["auto"], choices=["auto", "loop", "vectorized"],
+                        help="client pool(s) to measure; several give one row each")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         return run_cell(args)
     if args.quick:
         args.algorithms, args.clients = ["psl", "sfl", "locfedmix"], [10, 100]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cells = [(a, n, k) for a in args.algorithms for n in args.clients for k in args.per_client]
+    device = resolve_device(args.device).type
+    cells = itertools.product(args.algorithms, args.clients, args.per_client, args.engine)
     rows = []
-    for a, n, k in tqdm(cells, desc="throughput"):
+    for a, n, k, engine in tqdm(list(cells), desc="throughput"):
         cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
-               "--engine", args.engine]
+               "--engine", engine, "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
+        if any(r["engine"] == rows[-1]["engine"] and r["cell"] == rows[-1]["cell"] for r in rows[:-1]):
+            rows.pop()  # `auto` picked a pool measured already
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = RESULTS / f"throughput_{device}"
         with open(f"{stem}.csv", "w", newline="") as f:
@@ -133,7 +152,8 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(rows)
         Path(f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (RESULTS / "THROUGHPUT.md").write_text(markdown(rows, device))
+        (RESULTS / ("THROUGHPUT.md" if device == "cpu" else f"THROUGHPUT-{device}.md")).write_text(
+            markdown(rows, device))
     print(markdown(rows, device))
 
 

@@ -21,7 +21,7 @@ def test_every_cell_of_the_grid_is_a_valid_config(quick):
         labels = [label for label, _ in cells]
         assert len(labels) == len(set(labels))
         for _, overrides in cells:
-            reproduce.cell_config(overrides, seed=0, rounds=1)
+            reproduce.cell_config(overrides, seed=0, rounds=1, settings=[])
 
 
 def test_report_summarizes_finished_cells(tmp_path):

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
+from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
@@ -28,7 +29,7 @@ class FederatedData:
     test_order: np.ndarray  # a shuffled order of the test set
 
     def histograms(self) -> list[list[int]]:
-        labels = self.dataset.y_train.numpy()
+        labels = self.dataset.y_train.cpu().numpy()
         return label_histograms(labels, self.client_indices, self.dataset.n_classes)
 
 
@@ -85,7 +86,7 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
-        "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__,
+        "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__, "device": str(fed.server.device),
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
         "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
     }
@@ -98,10 +99,11 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
     run."""
     started = time.perf_counter()
+    device = resolve_device(config.engine.device)
     data = federate(config)
-    ds = data.dataset
+    data.dataset = ds = data.dataset.to(device)
     fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
-                           [len(i) for i in data.client_indices])
+                           [len(i) for i in data.client_indices], device)
     run_dir = RunDirectory(out, config, overwrite, resume) if out is not None else None
     done, rows, train_seconds = 0, [], 0.0
     checkpoint = run_dir.load_checkpoint() if resume and run_dir else None

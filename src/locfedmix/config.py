@@ -93,6 +93,8 @@ class EngineKind(StrEnum):
 class EngineConfig(_Section):
     kind: EngineKind = EngineKind.AUTO
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto = the first CUDA device if there is one, else cpu")
 
 
 class EvalConfig(_Section):

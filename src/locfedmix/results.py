@@ -65,7 +65,7 @@ class RunDirectory:
         if not self.checkpoint.exists():
             return None
         try:
-            return torch.load(self.checkpoint, weights_only=True)
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated or foreign file: name it instead of a traceback
             raise UserError(f"checkpoint '{self.checkpoint}' cannot be read: {type(err).__name__}") from None
 

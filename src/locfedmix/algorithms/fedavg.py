@@ -18,7 +18,8 @@ def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[
     for key, first in states[0].items():
         if first.is_floating_point():
             stacked = torch.stack([s[key] for s in states])
-            w = torch.tensor([float(x) / total for x in weights], dtype=first.dtype).view(-1, *[1] * first.dim())
+            w = torch.tensor([float(x) / total for x in weights], dtype=first.dtype, device=first.device)
+            w = w.view(-1, *[1] * first.dim())
             averaged[key] = (stacked * w).sum(0)
         else:
             averaged[key] = first.clone()

@@ -52,12 +52,12 @@ def smashmix_loss(
     for i, j in pairs:
         b = smashed[i].shape[0]
         draws = rng.beta(mixer.alpha, mixer.alpha, size=b if mixer.per_sample else 1)
-        lam = torch.as_tensor(draws, dtype=smashed[i].dtype).expand(b)
+        lam = torch.as_tensor(draws, dtype=smashed[i].dtype, device=smashed[i].device).expand(b)
         align = torch.arange(b) % smashed[j].shape[0]  # pair sample k of i with sample k (mod b_j) of j
         mixed.append(mix(smashed[i].detach(), smashed[j].detach()[align], lam))
         y_a.append(labels[i])
         y_b.append(labels[j][align])
         lams.append(lam)
-        scale.append(torch.full((b,), weights[i] / (n_s * b), dtype=smashed[i].dtype))
+        scale.append(torch.full((b,), weights[i] / (n_s * b), dtype=smashed[i].dtype, device=smashed[i].device))
     per_sample = mixed_cross_entropy(upper(torch.cat(mixed)), torch.cat(y_a), torch.cat(y_b), torch.cat(lams))
     return (per_sample * torch.cat(scale)).sum()

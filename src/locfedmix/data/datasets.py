@@ -2,7 +2,7 @@
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,11 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         channels, height, width = self.x_train.shape[1:]
         return channels, height, width
+
+    def to(self, device: torch.device) -> "Dataset":
+        """The same data on `device` (a few hundred MB at most for the packaged datasets, so it lives there whole)."""
+        move = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        return replace(self, **move)
 
 
 Loader = Callable[[str | None, int], Dataset]

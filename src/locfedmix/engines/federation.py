@@ -62,34 +62,41 @@ class Federation:
 
 
 def build_federation(
-    config: Config, algo: Algorithm, input_shape: tuple[int, int, int], n_classes: int, sizes: list[int]
+    config: Config, algo: Algorithm, input_shape: tuple[int, int, int], n_classes: int, sizes: list[int],
+    device: torch.device = torch.device("cpu"),
 ) -> Federation:
-    """All clients share one seeded initial lower model (and head); the server starts from the matching upper."""
+    """All clients share one seeded initial lower model (and head); the server starts from the matching upper.
+    The models are initialised on the CPU and then moved, so every device starts from the same weights."""
     with seeded_torch(config.seed, "init"):
         model = build_split_model(config.model, input_shape, n_classes, config.cut or None)
         head = build_client_head(algo, model, input_shape, n_classes)
+    flops = count_flops(model.lower, model.upper, head, input_shape)
+    for module in (model.lower, model.upper, head):
+        if module is not None:
+            module.to(device)
     clients = build_pool(config, algo, model.lower, head, min(config.batch_size, int(np.median(sizes))))
     server = build_server(algo, model, config.n_clients, config.server_optimizer)
-    flops = count_flops(model.lower, model.upper, head, input_shape)
     ledger = Ledger(config.latency.label_bytes)
     profile = config.latency.resolved_profile()
     model_bytes = {Kind.LOWER: module_bytes(model.lower), Kind.HEAD: module_bytes(head) if head is not None else 0}
     return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape, model_bytes)
 
 
-# Per-client batches up to this size run faster stacked than looped (measured on 2 CPU cores: at 100 clients the
-# stacked pool wins 1.7x at 1 sample and 1.3x at 2, the loop wins 1.4x at 4 and 2.2x at 8; benchmarks/throughput.py).
+# On the CPU, per-client batches up to this size run faster stacked than looped (measured on 2 cores: at 100 clients
+# the stacked pool wins 1.7x at 1 sample and 1.3x at 2, the loop wins 1.4x at 4 and 2.2x at 8). On a GPU the loop
+# is bound by kernel launches, so many clients stepping together always run stacked (benchmarks/throughput.py).
 STACKED_MAX_BATCH = 2
 
 
 def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: torch.nn.Module | None,
                typical_batch: int) -> ClientPool:
-    """The stacked pool where many clients step together with tiny batches, the loop otherwise, unless the config
-    forces one."""
+    """The stacked pool where many clients step together with tiny batches (any batch on a GPU), the loop
+    otherwise, unless the config forces one."""
     kind = config.engine.kind
     if kind is EngineKind.AUTO:
         parallel = isinstance(algo.schedule, Parallel) and config.n_clients > 1
-        stack = parallel and typical_batch <= STACKED_MAX_BATCH
+        on_gpu = next(lower.parameters()).device.type == "cuda"
+        stack = parallel and (on_gpu or typical_batch <= STACKED_MAX_BATCH)
         kind = EngineKind.VECTORIZED if stack else EngineKind.LOOP
     if kind is EngineKind.VECTORIZED:
         return StackedClients(lower, head, config.n_clients, config.client_optimizer, config.engine.chunk_clients)

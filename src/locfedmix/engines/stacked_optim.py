@@ -18,7 +18,7 @@ class StackedOptimizer:
     def __init__(self, params: list[torch.Tensor], n_clients: int, cfg: OptimizerConfig):
         self.params, self.cfg = params, cfg
         self.adam = cfg.name is OptimizerName.ADAM
-        self.steps = torch.zeros(n_clients, dtype=torch.float64)
+        self.steps = torch.zeros(n_clients, dtype=torch.float64, device=params[0].device)
         self.first = [torch.zeros_like(p) for p in params]  # Adam's exp_avg, or SGD's momentum buffer
         self.second = [torch.zeros_like(p) for p in params] if self.adam else []  # Adam's exp_avg_sq
 

@@ -24,6 +24,10 @@ class Server:
     uppers: list[nn.Module]  # one shared model, or one copy per client (SplitFed v1)
     optimizers: list[torch.optim.Optimizer]
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.uppers[0].parameters()).device
+
     def upper_of(self, client: int) -> nn.Module:
         return self.uppers[client if len(self.uppers) > 1 else 0]
 

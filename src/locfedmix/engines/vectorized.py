@@ -22,6 +22,7 @@ class StackedModule:
         stack = lambda t: t.detach().unsqueeze(0).repeat(n, *[1] * t.dim()).clone()
         self.params = {k: stack(v).requires_grad_(True) for k, v in template.named_parameters()}
         self.buffers = {k: stack(v) for k, v in template.named_buffers()}
+        self.device = next(iter(self.params.values())).device
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.params, **self.buffers}
@@ -31,7 +32,7 @@ class StackedModule:
         if ids == list(range(ids[0], ids[-1] + 1)):
             pick = lambda t: t[ids[0]:ids[-1] + 1]
         else:
-            index = torch.tensor(ids)
+            index = torch.tensor(ids, device=self.device)
             pick = lambda t: t.index_select(0, index)
         return {k: pick(v) for k, v in self.params.items()}, {k: pick(v) for k, v in self.buffers.items()}
 
@@ -42,7 +43,7 @@ class StackedModule:
         if buffers and ids != list(range(ids[0], ids[-1] + 1)):  # BatchNorm statistics updated on a gathered copy
             with torch.no_grad():
                 for k, v in buffers.items():
-                    self.buffers[k].index_copy_(0, torch.tensor(ids), v)
+                    self.buffers[k].index_copy_(0, torch.tensor(ids, device=self.device), v)
         return out
 
     def module(self, i: int) -> nn.Module:
@@ -56,7 +57,7 @@ class StackedModule:
         """FedAvg as a weighted mean over the client dimension, broadcast back to every client."""
         for t in self.tensors().values():
             if t.is_floating_point():
-                w = torch.tensor(weights, dtype=t.dtype).view(-1, *[1] * (t.dim() - 1)) / sum(weights)
+                w = torch.tensor(weights, dtype=t.dtype, device=t.device).view(-1, *[1] * (t.dim() - 1)) / sum(weights)
                 t.copy_((t * w).sum(0, keepdim=True).expand_as(t))
 
     @torch.no_grad()
@@ -118,7 +119,8 @@ class StackedClients:
                 grads.append(torch.ones_like(local))
         if roots:
             torch.autograd.backward(roots, grads)
-        self.optimizer.step(torch.tensor(sorted(i for ids, _ in smashed.groups for i in ids)))
+        stepped = sorted(i for ids, _ in smashed.groups for i in ids)
+        self.optimizer.step(torch.tensor(stepped, device=self.lowers.device))
 
     def lower(self, i: int) -> nn.Module:
         return self.lowers.module(i)

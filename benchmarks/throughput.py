@@ -93,7 +93,7 @@ def run_cell(args: argparse.Namespace) -> None:
     algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
     device = resolve_device(args.device)
     central = centralized_rate(args.seconds, device)
-    rate, engine, work = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine, device)
+    rate, engine, work = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine[0], device)
     print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients, "per_client": per_client, "engine": engine,
                       "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,
                       "work_per_sample": work, "work_ratio": rate * work / central,

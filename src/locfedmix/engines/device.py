@@ -24,8 +24,12 @@ def resolve_device(name: str) -> torch.device:
 
 def make_cuda_deterministic() -> None:
     """cuBLAS needs its workspace pinned before first use; scatter-style backward kernels need the deterministic
-    switch. `warn_only` keeps an op without a deterministic kernel usable (it warns instead of failing)."""
+    switch. `warn_only` keeps an op without a deterministic kernel usable (it warns instead of failing). TF32
+    convolutions round inputs to 10 mantissa bits (losses then drift ~1e-3 from the CPU's after a few steps, as
+    benchmarks/device_check.py measured on an H200), so float32 stays float32."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)

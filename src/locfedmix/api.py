@@ -14,6 +14,8 @@ from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.device import resolve_device
+from locfedmix.engines.distributed import agree, is_primary, join, world_size
+from locfedmix.errors import UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
@@ -87,6 +89,7 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
         "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__, "device": str(fed.server.device),
+        "processes": world_size(),
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
         "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
     }
@@ -99,36 +102,59 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
     run."""
     started = time.perf_counter()
-    device = resolve_device(config.engine.device)
+    shard, device = join(config, resolve_device(config.engine.device))
     data = federate(config)
     data.dataset = ds = data.dataset.to(device)
     fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
-                           [len(i) for i in data.client_indices], device)
-    run_dir = RunDirectory(out, config, overwrite, resume) if out is not None else None
-    done, rows, train_seconds = 0, [], 0.0
-    checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
-    if checkpoint is not None:
-        fed.load_state_dict(checkpoint["federation"])
-        done, rows, train_seconds = checkpoint["round"], checkpoint["rows"], checkpoint["train_seconds"]
-    if resume and run_dir:
-        run_dir.rewrite_metrics(rows)
+                           [len(i) for i in data.client_indices], device, shard)
+    run_dir = _open_run(out, config, overwrite, resume)
+    done, rows, train_seconds = _restore(fed, run_dir) if resume and run_dir else (0, [], 0.0)
+    writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
+    if resume and writer:
+        writer.rewrite_metrics(rows)
     execute = data_step(ds.x_train, ds.y_train)
     per_round = steps_per_round(fed, data.client_indices, config.batch_size)
     with tqdm(total=config.rounds * per_round, initial=done * per_round, desc=label or config.algorithm,
-              disable=None if progress else True, leave=False, unit="step") as bar:
+              disable=None if progress and is_primary() else True, leave=False, unit="step") as bar:
         for r in range(done + 1, config.rounds + 1):
             tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
             train_seconds += time.perf_counter() - tick
             if r % config.eval.every == 0 or r == config.rounds:
                 rows.append(evaluate_row(fed, data, config, r, train_loss))
-                if run_dir:
-                    run_dir.append(rows[-1])
+                if writer:
+                    writer.append(rows[-1])
                 bar.set_postfix(test_acc=f"{rows[-1]['test_accuracy']:.3f}")
-            if run_dir and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
-                run_dir.save_checkpoint({"round": r, "rows": rows, "train_seconds": train_seconds,
-                                         "federation": fed.state_dict()})
+            if out is not None and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
+                state = {"round": r, "rows": rows, "train_seconds": train_seconds, "federation": fed.state_dict()}
+                if writer:
+                    writer.save_checkpoint(state)
     summary = summarize(fed, data, config, rows, time.perf_counter() - started, train_seconds)
-    if run_dir:
-        run_dir.write_summary(summary)
+    if writer:
+        writer.write_summary(summary)
     return summary
+
+
+def _open_run(out: str | Path | None, config: Config, overwrite: bool, resume: bool) -> RunDirectory | None:
+    """The run directory: opened for writing by rank 0 alone, for reading a checkpoint by every rank (a shared
+    filesystem on several machines); all ranks agree on whether it could be opened."""
+    if out is None:
+        return None
+    run_dir, error = None, None
+    if is_primary() or resume:
+        try:
+            run_dir = RunDirectory(out, config, overwrite, resume)
+        except UserError as err:
+            error = str(err)
+    agree(error)
+    return run_dir
+
+
+def _restore(fed: Federation, run_dir: RunDirectory) -> tuple[int, list[dict[str, Any]], float]:
+    """(rounds done, metrics rows so far, training seconds so far) from the last checkpoint, the federation
+    restored to it; a run that stopped before its first checkpoint starts over."""
+    checkpoint = run_dir.load_checkpoint()
+    if checkpoint is None:
+        return 0, [], 0.0
+    fed.load_state_dict(checkpoint["federation"])
+    return checkpoint["round"], checkpoint["rows"], checkpoint["train_seconds"]

@@ -1,10 +1,12 @@
 """Command line: `locfedmix run`, `latency` and `algorithms`; user mistakes end as one line on stderr, exit code 2."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.engines.distributed import is_primary, leave, lost_peer, rank
 from locfedmix.errors import NumericalError, UserError
 
 
@@ -48,9 +50,15 @@ def _run(args: argparse.Namespace) -> None:
         summary = run(config, out, overwrite=args.overwrite, progress=not args.no_progress, label=label or None)
         row = _result_row(label or config.algorithm, summary)
         results.append(row)
-        print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}", flush=True)
+        _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}")
     if len(results) > 1:
-        print(_table(results))
+        _say(_table(results))
+
+
+def _say(text: str) -> None:
+    """Print once per run: in a distributed run every rank holds the same results and rank 0 speaks."""
+    if is_primary():
+        print(text, flush=True)
 
 
 def _resume(args: argparse.Namespace) -> None:
@@ -64,7 +72,7 @@ def _resume(args: argparse.Namespace) -> None:
     ((_, config),) = load_experiment(directory / "config.toml")
     summary = run(config, directory, progress=not args.no_progress, resume=True)
     row = _result_row(config.algorithm, summary)
-    print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}", flush=True)
+    _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")
 
 
 RESULT_HEADER = ("run", "test accuracy", "rounds", "MB up", "MB down", "time to target (simulated)", "wall s")
@@ -115,13 +123,24 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         {"run": _run, "latency": _latency, "algorithms": lambda _: _algorithms()}[args.command](args)
     except UserError as err:
-        print(f"locfedmix: error: {err}", file=sys.stderr)
+        if is_primary():  # every rank meets the same mistake; one line is enough
+            print(f"locfedmix: error: {err}", file=sys.stderr)
         return 2
     except NumericalError as err:
-        print(f"locfedmix: numerical fault: {err}; the last good checkpoint is kept (--resume after fixing the "
-              f"cause)", file=sys.stderr)
+        if is_primary():
+            print(f"locfedmix: numerical fault: {err}; the last good checkpoint is kept (--resume after fixing "
+                  f"the cause)", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("locfedmix: interrupted; results written so far are in the run directory", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if not lost_peer(err):
+            raise
+        print(f"locfedmix: error: rank {rank()} lost contact with the other processes ({str(err).splitlines()[0]}); "
+              "another rank died, hung or became unreachable; the last checkpoint is kept (--resume)", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(4)  # a process group with a dead peer aborts when torn down; every file is already flushed
+    finally:
+        leave()
     return 0

@@ -95,6 +95,8 @@ class EngineConfig(_Section):
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto = the first CUDA device if there is one, else cpu")
+    distributed: bool = Field(False, description="shard the clients over the processes torchrun starts")
+    timeout_s: float = Field(300.0, gt=0, description="a collective waiting longer than this fails the run")
 
 
 class EvalConfig(_Section):

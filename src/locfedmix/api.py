@@ -40,8 +40,9 @@ def federate(config: Config) -> FederatedData:
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
         config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
-        samples_per_client=config.samples_per_client or None, alpha=config.data.dirichlet_alpha,
-        min_samples=config.data.min_samples, classes_per_client=config.data.classes_per_client,
+        samples_per_client=config.samples_per_client or None,
+        **config.data.model_dump(include={"alpha", "min_partition_size", "num_classes_per_partition",
+                                          "num_shards_per_partition", "shard_size"}),
     )
     shuffle = numpy_generator(config.seed, "evaluation-order")
     return FederatedData(dataset, [train[p] for p in parts], shuffle.permutation(val),

@@ -14,6 +14,7 @@ from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.device import resolve_device
+from locfedmix.errors import UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
@@ -93,12 +94,38 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
     }
 
 
+def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
+                 state: dict[str, Any], progress: bool, label: str | None) -> None:
+    """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
+    flushed, to the run directory's logs) and checkpointing every `checkpoint_every` rounds; `state` (round, rows,
+    train_seconds) is updated in place and is exactly what a checkpoint holds besides the federation."""
+    ds = data.dataset
+    execute = data_step(ds.x_train, ds.y_train)
+    per_round = steps_per_round(fed, data.client_indices, config.batch_size)
+    with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
+              disable=None if progress else True, leave=False, unit="step") as bar:
+        for r in range(state["round"] + 1, config.rounds + 1):
+            tick = time.perf_counter()
+            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
+            state["train_seconds"] += time.perf_counter() - tick
+            state["round"] = r
+            if r % config.eval.every == 0 or r == config.rounds:
+                state["rows"].append(evaluate_row(fed, data, config, r, train_loss))
+                if run_dir:
+                    run_dir.append(state["rows"][-1])
+                bar.set_postfix(test_acc=f"{state['rows'][-1]['test_accuracy']:.3f}")
+            if run_dir and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
+                run_dir.save_checkpoint({**state, "federation": fed.state_dict()})
+
+
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
         label: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`
-    (metrics.csv gains a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
+    """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
+    events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
     run."""
+    if config.log.tensorboard and out is None:
+        raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
     device = resolve_device(config.engine.device)
     data = federate(config)
@@ -106,30 +133,19 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
                            [len(i) for i in data.client_indices], device)
     run_dir = RunDirectory(out, config, overwrite, resume) if out is not None else None
-    done, rows, train_seconds = 0, [], 0.0
     checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0}
     if checkpoint is not None:
         fed.load_state_dict(checkpoint["federation"])
-        done, rows, train_seconds = checkpoint["round"], checkpoint["rows"], checkpoint["train_seconds"]
-    if resume and run_dir:
-        run_dir.rewrite_metrics(rows)
-    execute = data_step(ds.x_train, ds.y_train)
-    per_round = steps_per_round(fed, data.client_indices, config.batch_size)
-    with tqdm(total=config.rounds * per_round, initial=done * per_round, desc=label or config.algorithm,
-              disable=None if progress else True, leave=False, unit="step") as bar:
-        for r in range(done + 1, config.rounds + 1):
-            tick = time.perf_counter()
-            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
-            train_seconds += time.perf_counter() - tick
-            if r % config.eval.every == 0 or r == config.rounds:
-                rows.append(evaluate_row(fed, data, config, r, train_loss))
-                if run_dir:
-                    run_dir.append(rows[-1])
-                bar.set_postfix(test_acc=f"{rows[-1]['test_accuracy']:.3f}")
-            if run_dir and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
-                run_dir.save_checkpoint({"round": r, "rows": rows, "train_seconds": train_seconds,
-                                         "federation": fed.state_dict()})
-    summary = summarize(fed, data, config, rows, time.perf_counter() - started, train_seconds)
-    if run_dir:
-        run_dir.write_summary(summary)
+        state = {key: checkpoint[key] for key in state}
+    try:
+        if run_dir:
+            run_dir.begin(checkpoint, resume)
+        train_rounds(fed, data, config, run_dir, state, progress, label)
+        summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
+        if run_dir:
+            run_dir.finish(summary)
+    finally:
+        if run_dir:
+            run_dir.close()
     return summary

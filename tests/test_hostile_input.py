@@ -29,7 +29,8 @@ def mutations():
         .map(lambda kv: {kv[0]: kv[1]}),
         st.tuples(st.sampled_from(NAME_KEYS), names.filter(lambda t: t not in {
             "sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr", "mix2sfl", "synthetic", "digits",
-            "mnist", "fashion-mnist", "cifar10", "iid", "dirichlet", "shards", "cnn", "resnet", "alexnet"}))
+            "mnist", "fashion-mnist", "cifar10", "iid", "dirichlet", "pathological", "shards", "cnn", "resnet",
+            "alexnet"}))
         .map(lambda kv: {kv[0]: kv[1]}),
         st.integers(min_value=4, max_value=10**9).map(lambda c: {"cut": c}),
         st.integers(min_value=2001, max_value=10**6).map(lambda n: {"n_clients": n}),  # more clients than samples
@@ -40,7 +41,7 @@ def mutations():
         st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda k: k not in {*VALID, "cut", "checkpoint_every",
                                                                                    "client_optimizer", "data", "algo",
                                                                                    "eval", "latency", "engine", "sweep",
-                                                                                   "server_optimizer"})
+                                                                                   "server_optimizer", "log"})
         .map(lambda k: {k: 1}),
     )
 

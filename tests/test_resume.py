@@ -1,5 +1,5 @@
-"""Checkpoint and resume: a run killed with SIGKILL at a random point and resumed ends with the metrics.csv of an
-uninterrupted run, for every algorithm."""
+"""Checkpoint and resume: a run killed with SIGKILL at a random point and resumed ends with the metrics.csv and
+events.jsonl rows of an uninterrupted run, for every algorithm."""
 
 import os
 import random
@@ -14,6 +14,7 @@ from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
 from locfedmix.cli import main
 from locfedmix.config import validate
+from test_logs import evaluations
 
 BASE = {"dataset": "synthetic", "n_clients": 3, "samples_per_client": 40, "rounds": 6, "batch_size": 10,
         "seed": 5, "data": {"val_fraction": 0.1}}
@@ -61,6 +62,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run(algorithm, engine, t
     resumed = subprocess.run([*COMMAND, "--resume", str(killed)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert evaluations(killed) == evaluations(reference)  # events.jsonl: no row twice, none lost
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path):

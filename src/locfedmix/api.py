@@ -42,8 +42,9 @@ def federate(config: Config) -> FederatedData:
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
         config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
-        samples_per_client=config.samples_per_client or None, alpha=config.data.dirichlet_alpha,
-        min_samples=config.data.min_samples, classes_per_client=config.data.classes_per_client,
+        samples_per_client=config.samples_per_client or None,
+        **config.data.model_dump(include={"alpha", "min_partition_size", "num_classes_per_partition",
+                                          "num_shards_per_partition", "shard_size"}),
     )
     shuffle = numpy_generator(config.seed, "evaluation-order")
     return FederatedData(dataset, [train[p] for p in parts], shuffle.permutation(val),
@@ -95,12 +96,41 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
     }
 
 
+def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
+                 state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
+    """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
+    flushed, to the run directory's logs) and, if `checkpoints`, checkpointing every `checkpoint_every` rounds;
+    `state` (round, rows, train_seconds) is updated in place and is exactly what a checkpoint holds besides the
+    federation. In a distributed run every rank gathers the checkpoint; only rank 0 has `run_dir` and writes."""
+    ds = data.dataset
+    execute = data_step(ds.x_train, ds.y_train)
+    per_round = steps_per_round(fed, data.client_indices, config.batch_size)
+    with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
+              disable=None if progress else True, leave=False, unit="step") as bar:
+        for r in range(state["round"] + 1, config.rounds + 1):
+            tick = time.perf_counter()
+            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
+            state["train_seconds"] += time.perf_counter() - tick
+            state["round"] = r
+            if r % config.eval.every == 0 or r == config.rounds:
+                state["rows"].append(evaluate_row(fed, data, config, r, train_loss))
+                if run_dir:
+                    run_dir.append(state["rows"][-1])
+                bar.set_postfix(test_acc=f"{state['rows'][-1]['test_accuracy']:.3f}")
+            if checkpoints and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
+                checkpoint = {**state, "federation": fed.state_dict()}
+                if run_dir:
+                    run_dir.save_checkpoint(checkpoint)
+
+
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
         label: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`
-    (metrics.csv gains a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
+    """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
+    events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
     run."""
+    if config.log.tensorboard and out is None:
+        raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
     shard, device = join(config, resolve_device(config.engine.device))
     data = federate(config)
@@ -108,30 +138,22 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
                            [len(i) for i in data.client_indices], device, shard)
     run_dir = _open_run(out, config, overwrite, resume)
-    done, rows, train_seconds = _restore(fed, run_dir) if resume and run_dir else (0, [], 0.0)
+    checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0}
+    if checkpoint is not None:
+        fed.load_state_dict(checkpoint["federation"])
+        state = {key: checkpoint[key] for key in state}
     writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
-    if resume and writer:
-        writer.rewrite_metrics(rows)
-    execute = data_step(ds.x_train, ds.y_train)
-    per_round = steps_per_round(fed, data.client_indices, config.batch_size)
-    with tqdm(total=config.rounds * per_round, initial=done * per_round, desc=label or config.algorithm,
-              disable=None if progress and is_primary() else True, leave=False, unit="step") as bar:
-        for r in range(done + 1, config.rounds + 1):
-            tick = time.perf_counter()
-            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
-            train_seconds += time.perf_counter() - tick
-            if r % config.eval.every == 0 or r == config.rounds:
-                rows.append(evaluate_row(fed, data, config, r, train_loss))
-                if writer:
-                    writer.append(rows[-1])
-                bar.set_postfix(test_acc=f"{rows[-1]['test_accuracy']:.3f}")
-            if out is not None and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
-                state = {"round": r, "rows": rows, "train_seconds": train_seconds, "federation": fed.state_dict()}
-                if writer:
-                    writer.save_checkpoint(state)
-    summary = summarize(fed, data, config, rows, time.perf_counter() - started, train_seconds)
-    if writer:
-        writer.write_summary(summary)
+    try:
+        if writer:
+            writer.begin(checkpoint, resume)
+        train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
+        summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
+        if writer:
+            writer.finish(summary)
+    finally:
+        if writer:
+            writer.close()
     return summary
 
 
@@ -149,12 +171,3 @@ def _open_run(out: str | Path | None, config: Config, overwrite: bool, resume: b
     agree(error)
     return run_dir
 
-
-def _restore(fed: Federation, run_dir: RunDirectory) -> tuple[int, list[dict[str, Any]], float]:
-    """(rounds done, metrics rows so far, training seconds so far) from the last checkpoint, the federation
-    restored to it; a run that stopped before its first checkpoint starts over."""
-    checkpoint = run_dir.load_checkpoint()
-    if checkpoint is None:
-        return 0, [], 0.0
-    fed.load_state_dict(checkpoint["federation"])
-    return checkpoint["round"], checkpoint["rows"], checkpoint["train_seconds"]

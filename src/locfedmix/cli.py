@@ -1,4 +1,5 @@
-"""Command line: `locfedmix run`, `latency` and `algorithms`; user mistakes end as one line on stderr, exit code 2."""
+"""Command line: `locfedmix run`, `latency`, `report` and `algorithms`; user mistakes end as one line on stderr, exit
+code 2."""
 
 import argparse
 import os
@@ -31,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config key; repeatable")
     commands.add_parser("algorithms", help="list the algorithms")
+    report = commands.add_parser("report", help="Markdown report with plots from run directories")
+    report.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="a run directory, or a folder holding run directories (e.g. runs/default)")
+    report.add_argument("--out", metavar="OUTDIR", help="folder for report.md and its PNGs (default: DIR/report)")
     return parser
 
 
@@ -113,6 +118,12 @@ def _latency(args: argparse.Namespace) -> None:
         print(latency_table(config, data.dataset.input_shape, data.dataset.n_classes, data.client_indices))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from locfedmix.report import write_report
+
+    print(f"report written to {write_report(args.dirs, args.out)}")
+
+
 def _algorithms() -> None:
     for algo in ALGORITHMS.values():
         print(f"{algo.name:<12} {algo.summary} [{algo.reference}]")
@@ -121,7 +132,8 @@ def _algorithms() -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        {"run": _run, "latency": _latency, "algorithms": lambda _: _algorithms()}[args.command](args)
+        commands = {"run": _run, "latency": _latency, "report": _report, "algorithms": lambda _: _algorithms()}
+        commands[args.command](args)
     except UserError as err:
         if is_primary():  # every rank meets the same mistake; one line is enough
             print(f"locfedmix: error: {err}", file=sys.stderr)

@@ -4,7 +4,7 @@ import tomllib
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -31,11 +31,30 @@ class OptimizerConfig(_Section):
 
 
 class DataConfig(_Section):
+    """Where the data live, the validation hold-out, and the partitioner's parameters under Flower Datasets' names."""
+
     dir: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    dirichlet_alpha: float = Field(0.5, gt=0)
-    min_samples: int = Field(1, ge=1)
-    classes_per_client: int = Field(2, ge=1)
+    partition_by: Literal["label"] = Field("label", description="our datasets have one target column, 'label'")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: the concentration (smaller = more skewed)")
+    min_partition_size: int = Field(1, ge=1, description="dirichlet: redraw until every client has this many")
+    num_classes_per_partition: int = Field(2, ge=1, description="pathological: classes held by each client")
+    num_shards_per_partition: int = Field(2, ge=1, description="shards: shards dealt to each client")
+    shard_size: int = Field(0, ge=0, description="shards: samples per shard; 0 = all data in equal shards")
+
+
+# Keys renamed to Flower Datasets' names; a config that still uses one is told the new name instead of "unknown key".
+RENAMED_KEYS = {
+    "data.dirichlet_alpha": "data.alpha",
+    "data.min_samples": "data.min_partition_size",
+    "data.classes_per_client": "data.num_classes_per_partition (with partition = 'pathological')",
+}
+
+
+class LogConfig(_Section):
+    """Optional logs beside metrics.csv; events.jsonl is always written."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard scalars into <run>/tensorboard")
 
 
 class AlgoSwitches(_Section):
@@ -137,6 +156,7 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     latency: LatencyConfig = LatencyConfig()
     engine: EngineConfig = EngineConfig()
+    log: LogConfig = LogConfig()
 
     @field_validator("algorithm", "dataset", "partition", "model")
     @classmethod
@@ -170,6 +190,8 @@ class Config(_Section):
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden" and where in RENAMED_KEYS:
+        return f"config key '{where}' is now '{RENAMED_KEYS[where]}' (Flower Datasets' name)"
     if error["type"] == "extra_forbidden":
         section: Any = model
         for part in error["loc"][:-1]:

@@ -71,12 +71,13 @@ def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.devi
 
 
 def is_primary() -> bool:
-    """Rank 0 of a distributed run, or the only process: the one that writes files and prints."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0 of a distributed run (as torchrun announced it, before the group is joined), or the only process:
+    the one that writes files and prints."""
+    return rank() == 0
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:

@@ -114,3 +114,63 @@ def test_divergence_stops_the_run_with_one_line_and_keeps_the_checkpoint(tmp_pat
                  "--set", "server_optimizer.name='sgd'", "--set", "server_optimizer.lr=1e30"])
     err = capsys.readouterr().err
     assert code == 3 and err.count("\n") == 1 and "of psl" in err and "not finite" in err
+
+
+class _RunsCode:
+    """Pickles as a call to os.system: unpickled by anything but a data-only reader, it creates `marker`."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _finished_run(tmp_path):
+    config = validate({**BASE, "algorithm": "psl", "rounds": 1})
+    run(config, tmp_path / "r", progress=False)
+    return tmp_path / "r"
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(writer, tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    directory, marker = _finished_run(tmp_path), tmp_path / "MARKER"
+    payload = {"round": 1, "rows": [], "train_seconds": 0.0, "federation": {"x": _RunsCode(marker)}}
+    checkpoint = directory / "checkpoint.pt"
+    if writer == "torch.save":
+        torch.save(payload, checkpoint)
+    else:
+        checkpoint.write_bytes(pickle.dumps(payload, protocol=4))
+    assert main(["run", "--resume", str(directory), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(checkpoint) in err and "refused" in err, err
+    assert "posix.system" in err or writer == "pickle.dump"  # the zip format names the global it refused
+    assert not marker.exists()
+    # The planted file is a live exploit: an unrestricted unpickler runs it.
+    if writer == "pickle.dump":
+        pickle.loads(checkpoint.read_bytes())
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda state: [1, 2, 3], "holds a list"),
+    (lambda state: {k: v for k, v in state.items() if k != "rows"}, "valid 'rows' entry"),
+    (lambda state: {**state, "round": "1"}, "valid 'round' entry"),
+    (lambda state: {**state, "rows": [{"round": 1}]}, "without the columns"),
+    (lambda state: {**state, "federation": {}}, "does not fit"),
+    (lambda state: {**state, "federation": {**state["federation"], "server": {"uppers": [{"w": 1}],
+                                                                               "optimizers": []}}}, "does not fit"),
+])
+def test_a_tampered_checkpoint_gives_one_line_naming_it(tamper, fragment, tmp_path, capsys):
+    import torch
+
+    directory = _finished_run(tmp_path)
+    checkpoint = directory / "checkpoint.pt"
+    torch.save(tamper(torch.load(checkpoint, weights_only=True)), checkpoint)
+    assert main(["run", "--resume", str(directory), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(checkpoint) in err and fragment in err, err

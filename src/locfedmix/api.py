@@ -17,7 +17,7 @@ from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
-from locfedmix.results import RunDirectory
+from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
 
 
@@ -108,7 +108,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     done, rows, train_seconds = 0, [], 0.0
     checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
     if checkpoint is not None:
-        fed.load_state_dict(checkpoint["federation"])
+        restore_federation(fed, checkpoint, run_dir.checkpoint)
         done, rows, train_seconds = checkpoint["round"], checkpoint["rows"], checkpoint["train_seconds"]
     if resume and run_dir:
         run_dir.rewrite_metrics(rows)

@@ -54,7 +54,7 @@ def _take(stream: BinaryIO, n: int, source: str, what: str) -> bytes:
     return data
 
 
-def read_header(stream: BinaryIO, source: str) -> IdxHeader:
+def _read_header(stream: BinaryIO, source: str) -> IdxHeader:
     """Read and check the header; `source` names the file in error messages."""
     zero, code, ndim = struct.unpack(">HBB", _take(stream, 4, source, "4-byte magic number"))
     if zero != 0:
@@ -102,7 +102,7 @@ def read_idx(path: Path, ndim: int, dtype: np.dtype = np.dtype(np.uint8)) -> np.
     """Read an IDX file that must hold `dtype` elements in `ndim` dimensions (images: 3, labels: 1)."""
     try:
         with _open(path) as stream:
-            header = read_header(stream, str(path))
+            header = _read_header(stream, str(path))
             if header.dtype.newbyteorder("=") != dtype or len(header.shape) != ndim:
                 raise DataError(f"IDX file {path} holds {header.dtype.newbyteorder('=')} data of shape "
                                 f"{header.shape}; expected {dtype} with {ndim} dimensions")

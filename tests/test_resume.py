@@ -2,13 +2,17 @@
 uninterrupted run, for every algorithm."""
 
 import os
+import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
@@ -126,19 +130,22 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-def _finished_run(tmp_path):
-    config = validate({**BASE, "algorithm": "psl", "rounds": 1})
-    run(config, tmp_path / "r", progress=False)
-    return tmp_path / "r"
+@pytest.fixture(scope="module")
+def _one_round_run(tmp_path_factory):
+    """A finished one-round run, trained once for all the tests that plant checkpoints in copies of it."""
+    out = tmp_path_factory.mktemp("finished") / "r"
+    run(validate({**BASE, "algorithm": "psl", "rounds": 1}), out, progress=False)
+    return out
+
+
+@pytest.fixture
+def finished_run(_one_round_run, tmp_path):
+    return Path(shutil.copytree(_one_round_run, tmp_path / "r"))
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
-def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(writer, tmp_path, capsys):
-    import pickle
-
-    import torch
-
-    directory, marker = _finished_run(tmp_path), tmp_path / "MARKER"
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(writer, finished_run, tmp_path, capsys):
+    directory, marker = finished_run, tmp_path / "MARKER"
     payload = {"round": 1, "rows": [], "train_seconds": 0.0, "federation": {"x": _RunsCode(marker)}}
     checkpoint = directory / "checkpoint.pt"
     if writer == "torch.save":
@@ -165,12 +172,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(wri
     (lambda state: {**state, "federation": {**state["federation"], "server": {"uppers": [{"w": 1}],
                                                                                "optimizers": []}}}, "does not fit"),
 ])
-def test_a_tampered_checkpoint_gives_one_line_naming_it(tamper, fragment, tmp_path, capsys):
-    import torch
-
-    directory = _finished_run(tmp_path)
-    checkpoint = directory / "checkpoint.pt"
+def test_a_tampered_checkpoint_gives_one_line_naming_it(tamper, fragment, finished_run, capsys):
+    checkpoint = finished_run / "checkpoint.pt"
     torch.save(tamper(torch.load(checkpoint, weights_only=True)), checkpoint)
-    assert main(["run", "--resume", str(directory), "--no-progress"]) == 2
+    assert main(["run", "--resume", str(finished_run), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(checkpoint) in err and fragment in err, err

@@ -19,7 +19,7 @@ from locfedmix.errors import UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
-from locfedmix.results import RunDirectory
+from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
 
 
@@ -141,7 +141,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
     state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0}
     if checkpoint is not None:
-        fed.load_state_dict(checkpoint["federation"])
+        restore_federation(fed, checkpoint, run_dir.checkpoint)
         state = {key: checkpoint[key] for key in state}
     writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
     try:

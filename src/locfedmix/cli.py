@@ -129,6 +129,11 @@ def _algorithms() -> None:
         print(f"{algo.name:<12} {algo.summary} [{algo.reference}]")
 
 
+def one_line(err: Exception) -> str:
+    """The message with any line break a user's value brought in written as an escape."""
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command](args)
     except UserError as err:
         if is_primary():  # every rank meets the same mistake; one line is enough
-            print(f"locfedmix: error: {err}", file=sys.stderr)
+            print(f"locfedmix: error: {one_line(err)}", file=sys.stderr)
         return 2
     except NumericalError as err:
         if is_primary():

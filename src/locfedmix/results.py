@@ -4,9 +4,12 @@ scalars too when `log.tensorboard`), an atomic checkpoint every `checkpoint_ever
 import csv
 import json
 import os
+import pickle
+import re
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 import torch
@@ -15,10 +18,39 @@ from locfedmix.config import Config
 from locfedmix.errors import UserError
 from locfedmix.logs import EventLog, TensorBoardLog
 
+if TYPE_CHECKING:
+    from locfedmix.engines.federation import Federation
+
 METRIC_COLUMNS = [
     "round", "step", "algorithm", "n_clients", "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
     "bytes_up", "bytes_down", "simulated_seconds",
 ]
+
+
+# What api.run stores in a checkpoint (extra keys are tolerated: later versions may add some).
+CHECKPOINT_LAYOUT = {"round": int, "rows": list, "train_seconds": (int, float), "federation": dict}
+
+
+def _check_layout(state: Any, path: Path) -> None:
+    """Refuse a checkpoint whose top level a resume could not use, naming the file instead of a KeyError later."""
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint '{path}' holds a {type(state).__name__}, not a locfedmix checkpoint dict")
+    for key, kind in CHECKPOINT_LAYOUT.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            needed = ", ".join(CHECKPOINT_LAYOUT)
+            raise UserError(f"checkpoint '{path}' lacks a valid '{key}' entry; a checkpoint holds {needed}")
+    if not all(isinstance(row, dict) and set(METRIC_COLUMNS) <= row.keys() for row in state["rows"]):
+        raise UserError(f"checkpoint '{path}' has metric rows without the columns {', '.join(METRIC_COLUMNS)}")
+
+
+def restore_federation(fed: "Federation", state: dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's federation state; a checkpoint made for another config (or edited) fails inside torch's
+    load_state_dict with a KeyError, shape RuntimeError or similar, which names neither the file nor the cause."""
+    try:
+        fed.load_state_dict(state["federation"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError(f"checkpoint '{path}' does not fit this run's config.toml ({reason})") from None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -88,13 +120,24 @@ class RunDirectory:
         os.replace(tmp, self.checkpoint)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint, or None when the run stopped before its first one (it then starts over)."""
+        """The last checkpoint, or None when the run stopped before its first one (it then starts over). A run
+        directory may come from elsewhere, so the file is read as data only (torch's weights-only unpickler: tensors,
+        containers, numbers, strings) and its layout is checked before anything uses it."""
         if not self.checkpoint.exists():
             return None
         try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            wanted = re.search(r"GLOBAL (\S+)", str(err))
+            what = f"builds '{wanted.group(1)}'" if wanted else "holds pickle opcodes or objects"
+            raise UserError(f"checkpoint '{self.checkpoint}' refused: it {what}, but a checkpoint may hold only "
+                            f"tensors and plain data; resume only run directories written by locfedmix") from None
         except Exception as err:  # a truncated or foreign file: name it instead of a traceback
             raise UserError(f"checkpoint '{self.checkpoint}' cannot be read: {type(err).__name__}") from None
+        _check_layout(state, self.checkpoint)
+        return state
 
     def finish(self, summary: dict[str, Any]) -> None:
         final = summary["final"]

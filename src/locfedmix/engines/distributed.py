@@ -49,31 +49,26 @@ class Shard:
 
 
 def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.device]:
-    """Join the process group torchrun announced in the environment (once per process), or run alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group torchrun announced in the environment (or use the one a launcher such as Ray Train
+    already started), or run alone."""
     if not config.engine.distributed:
-        if world > 1:
-            raise UserError(f"launched as {world} processes but engine.distributed is false; "
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(f"launched as {os.environ['WORLD_SIZE']} processes but engine.distributed is false; "
                             "add --set engine.distributed=true")
         return None, device
-    if "MASTER_ADDR" not in os.environ:
+    if not dist.is_initialized() and "MASTER_ADDR" not in os.environ:
         raise UserError("engine.distributed=true needs the environment torchrun sets up: "
                         "torchrun --nproc_per_node=K -m locfedmix run ...")
-    if world > config.n_clients:
-        raise UserError(f"{world} processes for n_clients={config.n_clients}; each rank needs at least one client")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=config.engine.timeout_s))
+    if dist.get_world_size() > config.n_clients:
+        raise UserError(f"{dist.get_world_size()} processes for n_clients={config.n_clients}; "
+                        "each rank needs at least one client")
     return Shard(dist.get_rank(), dist.get_world_size(), config.n_clients), device
-
-
-def is_primary() -> bool:
-    """Rank 0 of a distributed run (as torchrun announced it, before the group is joined), or the only process:
-    the one that writes files and prints."""
-    return rank() == 0
 
 
 def rank() -> int:

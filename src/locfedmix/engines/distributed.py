@@ -71,6 +71,12 @@ def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.devi
     return Shard(dist.get_rank(), dist.get_world_size(), config.n_clients), device
 
 
+def is_primary() -> bool:
+    """Rank 0 of a distributed run (as torchrun announced it, before the group is joined), or the only process:
+    the one that writes files and prints."""
+    return rank() == 0
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 

@@ -119,6 +119,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         for r in range(done + 1, config.rounds + 1):
             tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
+            bar.update(r * per_round - bar.n)  # sampled or dropped clients can make a round shorter
             train_seconds += time.perf_counter() - tick
             if r % config.eval.every == 0 or r == config.rounds:
                 rows.append(evaluate_row(fed, data, config, r, train_loss))

@@ -1,5 +1,7 @@
 """Evaluation of the composed model (lower ∘ upper) as the algorithm would deploy it."""
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,12 +31,21 @@ def _identical(modules: list[nn.Module]) -> bool:
     return all(all(torch.equal(first[k], v) for k, v in m.state_dict().items()) for m in modules[1:])
 
 
+def relay_lower(fed: Federation) -> nn.Module:
+    """Where sequential SL's relay stands: the holder's lower model; after the holder failed mid-turn, the one the
+    server last received (the model the next client will start from)."""
+    if fed.holder is None and fed.relay_model is not None:
+        lower = copy.deepcopy(fed.clients.lower(0))
+        lower.load_state_dict(fed.relay_model)
+        return lower
+    return fed.clients.lower(fed.holder if fed.holder is not None else 0)
+
+
 def deployed_models(fed: Federation) -> list[tuple[nn.Module, nn.Module, float]]:
     """(lower, upper, weight) pairs to evaluate: the relay's current model for sequential SL; the one model when all
     clients agree (after FedAvg); otherwise every client's own pair, weighted by its data size δ_i."""
     if isinstance(fed.algo.sync, Relay):
-        holder = fed.holder if fed.holder is not None else 0
-        return [(fed.clients.lower(holder), fed.server.upper_of(holder), 1.0)]
+        return [(relay_lower(fed), fed.server.uppers[0], 1.0)]
     if fed.clients.identical() and _identical(fed.server.uppers):
         return [(fed.clients.lower(0), fed.server.uppers[0], 1.0)]
     total = sum(fed.sizes)

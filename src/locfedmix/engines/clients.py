@@ -41,7 +41,7 @@ class ClientPool(Protocol):
 
     def lower(self, i: int) -> nn.Module: ...
 
-    def copy_lower(self, source: int, target: int) -> None: ...
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None: ...
 
     def average(self, weights: list[float], heads: bool) -> None: ...
 
@@ -97,10 +97,11 @@ class LoopClients:
     def head(self, i: int) -> nn.Module | None:
         return self.clients[i].head
 
-    def copy_lower(self, source: int, target: int) -> None:
-        self.clients[target].lower.load_state_dict(self.clients[source].lower.state_dict())
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        self.clients[i].lower.load_state_dict(state)
 
     def average(self, weights: list[float], heads: bool) -> None:
+        """FedAvg with one weight per client (0 for those that did not report), the result in every client."""
         federated_average([c.lower for c in self.clients], weights)
         if heads and self.has_head:
             federated_average([c.head for c in self.clients], weights)

@@ -54,16 +54,17 @@ class StackedModule:
 
     @torch.no_grad()
     def average(self, weights: list[float]) -> None:
-        """FedAvg as a weighted mean over the client dimension, broadcast back to every client."""
+        """FedAvg as a weighted mean over the client dimension (weight 0 for a client that did not report),
+        broadcast back to every client."""
         for t in self.tensors().values():
             if t.is_floating_point():
                 w = torch.tensor(weights, dtype=t.dtype, device=t.device).view(-1, *[1] * (t.dim() - 1)) / sum(weights)
                 t.copy_((t * w).sum(0, keepdim=True).expand_as(t))
 
     @torch.no_grad()
-    def copy_row(self, source: int, target: int) -> None:
-        for t in self.tensors().values():
-            t[target] = t[source]
+    def load_row(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        for k, t in self.tensors().items():
+            t[i] = state[k]
 
     def identical(self) -> bool:
         return all(bool((t == t[:1]).all()) for t in self.tensors().values())
@@ -128,8 +129,8 @@ class StackedClients:
     def head(self, i: int) -> nn.Module | None:
         return self.heads.module(i) if self.heads else None
 
-    def copy_lower(self, source: int, target: int) -> None:
-        self.lowers.copy_row(source, target)
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        self.lowers.load_row(i, state)
 
     def average(self, weights: list[float], heads: bool) -> None:
         self.lowers.average(weights)

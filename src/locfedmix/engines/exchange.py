@@ -83,5 +83,5 @@ def synchronize(fed: Federation, sync: FedAvg, reporters: list[int]) -> None:
             fed.ledger.send(i, kind, Direction.DOWN, fed.model_bytes[kind])
     if sync.average_server_copies and len(fed.server.uppers) > 1:
         federated_average(fed.server.uppers, weights)
-    fed.stale = (fed.stale | set(range(fed.clients.n))) - set(reporters)
+    fed.stale = set(range(fed.clients.n)) - set(reporters)
     _close_exchange(fed)

@@ -1,4 +1,5 @@
-"""The federation: all run state (clients, server, ledger, clock, step counter, relay holder) and one round over it."""
+"""The federation: all run state (clients, server, ledger, clock, step counter, relay state, clients behind on FedAvg)
+and one round over it, for the clients the participation policy lets take part."""
 
 import math
 from dataclasses import dataclass, field
@@ -149,7 +150,8 @@ def train_round(
         if not plan:
             continue
         loss = run_step(fed, plan, attendance, execute, round_index)
-        losses += [] if loss is None else [loss]
+        if loss is not None:
+            losses.append(loss)
         if isinstance(sync, FedAvg) and sync.every_steps and fed.step % sync.every_steps == 0:
             synchronize(fed, sync, attendance.reporters())
         on_step()

@@ -105,7 +105,8 @@ def step_phases(algo: Algorithm, flops: SampleFlops, profile: Profile, batch_siz
             "download": down, "sync": 0.0, "total": total}
 
 
-def sync_phases(profile: Profile, messages: list[Message], slowdown: Mapping[int, float] = FULL_SPEED) -> dict[str, float]:
+def sync_phases(profile: Profile, messages: list[Message],
+                slowdown: Mapping[int, float] = FULL_SPEED) -> dict[str, float]:
     """A model exchange (FedAvg or relay hand-off): weights up to the server, then the result down."""
     seconds = (transfer_seconds(messages, Direction.UP, profile.uplink_bps, profile.link_delay_s, slowdown)
                + transfer_seconds(messages, Direction.DOWN, profile.downlink_bps, profile.link_delay_s, slowdown))

@@ -59,7 +59,8 @@ class Federation:
         self.ledger.load_state_dict(state["ledger"])
         self.clock.load_state_dict(state["clock"])
         self.step, self.holder = state["step"], state["holder"]
-        self.relay_model, self.stale = state["relay_model"], set(state["stale"])
+        # checkpoints written before participation existed hold neither: no failed relay, nobody behind on FedAvg
+        self.relay_model, self.stale = state.get("relay_model"), set(state.get("stale", ()))
 
     def weights(self, ids) -> dict[int, float]:
         """δ_i = |D_i| / Σ_k |D_k| over the clients taking part."""

@@ -172,9 +172,9 @@ def test_sflv1_keeps_one_upper_copy_per_client_and_averages_them(data):
         torch.optim.SGD(upper.parameters(), lr=0.1).step()
         expected.append(params(upper))
         assert_same(fed.server.uppers[i], expected[i], atol=1e-7)
-    from locfedmix.engines.federation import synchronize
+    from locfedmix.engines.exchange import synchronize
 
-    synchronize(fed, fed.algo.sync)
+    synchronize(fed, fed.algo.sync, [0, 1])
     mean = [0.25 * a + 0.75 * b for a, b in zip(*expected)]
     for upper in fed.server.uppers:
         assert_same(upper, mean, atol=1e-6)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
 from locfedmix.config import validate
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import reliability  # noqa: E402
 import reproduce  # noqa: E402
 from reproduction_report import write_report  # noqa: E402
 
@@ -50,3 +52,17 @@ def test_throughput_cell_reports_rates_and_memory():
     assert row["engine"] == "StackedClients" and row["cell"] == "locfedmix/3/2"
     assert row["samples_per_s"] > 0 and row["centralized_samples_per_s"] > 0 and row["peak_memory_mb"] > 0
     assert row["work_per_sample"] > 1  # the decoder and SmashMix's extra server samples are real work
+
+
+def test_reliability_report_counts_the_suite_and_sweeps_faults(tmp_path, monkeypatch):
+    """The figures come from the suite's own parametrization and settings; the sweep's bytes fall with dropout."""
+    monkeypatch.setattr(reliability, "SWEEP", {"algorithms": ["psl"], "dropout": [0.0, 0.5], "fraction": [1.0, 0.5]})
+    figures = reliability.suite_figures()
+    assert figures["resume_cases"] >= len(ALGORITHMS) + 1 and figures["resume_cases_with_faults"] >= 1
+    assert figures["hypothesis"]["max_examples"] >= 100
+    rows = reliability.dropout_sweep(reliability.QUICK)
+    text = reliability.write_report(figures, [], rows, reliability.QUICK, tmp_path)
+    assert "| psl |" in text and "f=0.5, p=0.5" in text
+    up = {(r["fraction"], r["dropout"]): r["mb_up"] for r in rows}
+    assert up[1.0, 0.5] <= up[1.0, 0.0] and up[0.5, 0.0] < up[1.0, 0.0]
+    assert json.loads((tmp_path / "reliability.json").read_text())["sweep"] == rows

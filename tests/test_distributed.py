@@ -1,5 +1,5 @@
 """torch.distributed (gloo on loopback): the same experiment on 1, 2 and 3 processes gives the same metrics.csv for
-every algorithm; a resumed distributed run equals an uninterrupted one; a rank that dies stops the others with a
+every algorithm, with clients sampled and failing; a resumed distributed run equals an uninterrupted one; a rank that dies stops the others with a
 clear error instead of a hang."""
 
 import csv
@@ -24,6 +24,11 @@ samples_per_client = 60
 rounds = {rounds}
 batch_size = 10
 seed = 3
+
+[participation]  # sampling, failures and stragglers are drawn alike on every rank
+fraction = 0.75
+dropout = 0.3
+stragglers = 0.25
 
 [sweep]
 algorithm = [{algorithms}]

@@ -1,6 +1,7 @@
 """Property: any invalid config — wrong types, non-positive sizes, unknown names, absurd cuts, fractions outside
-[0, 1], unknown keys — ends as one line on stderr with exit code 2, never a traceback. And configs and --set values
-are data, never code: payloads that would run under eval, unsafe YAML or a shell stay text or are refused."""
+[0, 1], participation settings out of bounds, unknown keys — ends as one line on stderr with exit code 2, never a
+traceback. And configs and --set values are data, never code: payloads that would run under eval, unsafe YAML or a
+shell stay text or are refused."""
 
 import ast
 import re
@@ -29,6 +30,31 @@ outside_unit = st.one_of(st.floats(max_value=-1e-6, allow_nan=False), st.floats(
                                                                                   allow_infinity=False))
 
 
+def participation():
+    """One [participation] field out of its bounds, of the wrong type, or unknown."""
+    nan_or_inf = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+    bad = {
+        "fraction": st.one_of(st.floats(max_value=0, allow_nan=False), outside_unit, nan_or_inf),
+        "dropout": st.one_of(outside_unit, nan_or_inf),
+        "stragglers": st.one_of(outside_unit, nan_or_inf),
+        "straggler_slowdown": st.one_of(st.floats(max_value=0.999999, allow_nan=False), nan_or_inf),
+        "deadline_s": st.one_of(st.floats(max_value=-1e-9, allow_nan=False), nan_or_inf),
+    }
+    out_of_bounds = st.sampled_from(sorted(bad)).flatmap(lambda k: bad[k].map(lambda v: {k: v}))
+    wrong_type = st.tuples(st.sampled_from(sorted(bad)), st.one_of(names.filter(
+        lambda t: not _is_float(t)), st.lists(st.integers(), max_size=2))).map(lambda kv: {kv[0]: kv[1]})
+    unknown = st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda k: k not in bad).map(lambda k: {k: 1})
+    return st.one_of(out_of_bounds, wrong_type, unknown).map(lambda p: {"participation": p})
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def mutations():
     return st.one_of(
         st.tuples(st.sampled_from(INT_KEYS), not_a_number).map(lambda kv: {kv[0]: kv[1]}),
@@ -45,10 +71,12 @@ def mutations():
         outside_unit.map(lambda f: {"algorithm": "sglr", "algo": {"gradmix_fraction": f}}),
         outside_unit.map(lambda f: {"latency": {"target_accuracy": f}}),
         st.floats(max_value=0, allow_nan=False).map(lambda f: {"client_optimizer": {"lr": f}}),
+        participation(),
         st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda k: k not in {*VALID, "cut", "checkpoint_every",
                                                                                    "client_optimizer", "data", "algo",
                                                                                    "eval", "latency", "engine", "sweep",
-                                                                                   "server_optimizer", "log"})
+                                                                                   "server_optimizer", "log",
+                                                                                   "participation"})
         .map(lambda k: {k: 1}),
     )
 

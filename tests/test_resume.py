@@ -1,5 +1,6 @@
 """Checkpoint and resume: a run killed with SIGKILL at a random point and resumed ends with the metrics.csv and
-events.jsonl rows of an uninterrupted run, for every algorithm."""
+events.jsonl rows of an uninterrupted run, for every algorithm, and with clients sampled, failing and missing the step
+deadline."""
 
 import os
 import pickle
@@ -54,15 +55,24 @@ def kill_mid_run(config_path, out, rng: random.Random) -> None:
     assert rows_written(out) < BASE["rounds"], "the run finished before it was killed"
 
 
-@pytest.mark.parametrize("algorithm, engine", [(a, "auto") for a in ALGORITHMS] + [("locfedmix", "vectorized")])
-def test_killed_and_resumed_run_equals_an_uninterrupted_run(algorithm, engine, tmp_path):
-    extra = {"engine": ["[engine]", f'kind = "{engine}"']}
+# 2 of 3 clients per round, each failing with probability 0.3; client 2 is 4× slower and, beside one other client,
+# its upload arrives after 0.07 s (≈ 0.092 s against ≈ 0.042 s for the others; alone, as in sl, it makes it)
+FAULTS = ["[participation]", "fraction = 0.67", "dropout = 0.3", "stragglers = 0.34", "straggler_slowdown = 4.0",
+          "deadline_s = 0.07"]
+CASES = [(a, "auto", []) for a in ALGORITHMS] + [("locfedmix", "vectorized", []), ("sfl", "auto", FAULTS),
+                                                 ("sl", "auto", FAULTS)]
+
+
+@pytest.mark.parametrize("algorithm, engine, participation", CASES,
+                         ids=[f"{a}-{e}{'-faults' if p else ''}" for a, e, p in CASES])
+def test_killed_and_resumed_run_equals_an_uninterrupted_run(algorithm, engine, participation, tmp_path):
+    extra = {"engine": ["[engine]", f'kind = "{engine}"'], "participation": participation}
     config_path = tmp_path / "c.toml"
     write_config(config_path, algorithm, **extra)
     reference = tmp_path / "reference"
     assert main(["run", "--config", str(config_path), "--out", str(reference), "--no-progress"]) == 0
     killed = tmp_path / "killed"
-    kill_mid_run(config_path, killed, random.Random(f"{algorithm}-{engine}"))
+    kill_mid_run(config_path, killed, random.Random(f"{algorithm}-{engine}" + ("-faults" if participation else "")))
     resumed = subprocess.run([*COMMAND, "--resume", str(killed)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()

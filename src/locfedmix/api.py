@@ -110,6 +110,7 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
         for r in range(state["round"] + 1, config.rounds + 1):
             tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
+            bar.update(r * per_round - bar.n)  # sampled or dropped clients can make a round shorter
             state["train_seconds"] += time.perf_counter() - tick
             state["round"] = r
             if r % config.eval.every == 0 or r == config.rounds:

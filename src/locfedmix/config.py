@@ -118,6 +118,23 @@ class EngineConfig(_Section):
     timeout_s: float = Field(300.0, gt=0, description="a collective waiting longer than this fails the run")
 
 
+class ParticipationConfig(_Section):
+    """Partial participation and faults (issue #7; the paper assumes every client takes part in every round).
+
+    fraction: the share of the N clients drawn afresh each round (max(1, round(fraction·N)) of them); dropout: the
+    probability that a participating client fails in a round, at one of its steps drawn uniformly; stragglers: the
+    share of clients whose compute and link are `straggler_slowdown` times slower (drawn once per run); deadline_s:
+    seconds from a step's start after which the server stops waiting for uploads (0 = it always waits).
+    The defaults are today's federation: everyone, always, at full speed.
+    """
+
+    fraction: float = Field(1.0, gt=0, le=1)
+    dropout: float = Field(0.0, ge=0, le=1)
+    stragglers: float = Field(0.0, ge=0, le=1)
+    straggler_slowdown: float = Field(4.0, ge=1, allow_inf_nan=False)
+    deadline_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
 class EvalConfig(_Section):
     batch_size: int = Field(32, ge=1, description="small batches run fastest on CPU (measured)")
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and after the last)")
@@ -157,6 +174,7 @@ class Config(_Section):
     latency: LatencyConfig = LatencyConfig()
     engine: EngineConfig = EngineConfig()
     log: LogConfig = LogConfig()
+    participation: ParticipationConfig = ParticipationConfig()
 
     @field_validator("algorithm", "dataset", "partition", "model")
     @classmethod

@@ -1,5 +1,7 @@
 """Evaluation of the composed model (lower ∘ upper) as the algorithm would deploy it."""
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,16 +31,34 @@ def _identical(modules: list[nn.Module]) -> bool:
     return all(all(torch.equal(first[k], v) for k, v in m.state_dict().items()) for m in modules[1:])
 
 
-def deployed_models(fed: Federation) -> list[tuple[int, nn.Module, float]]:
-    """(client whose lower model, upper, weight) to evaluate: the relay's current model for sequential SL; the one
-    model when all clients agree (after FedAvg); otherwise every client's own pair, weighted by its data size δ_i."""
+def relay_position(fed: Federation) -> tuple[int, dict[str, torch.Tensor] | None]:
+    """Where sequential SL's relay stands: (the holder, None); after the holder failed mid-turn, (a client, the model
+    the server last received), which is what the next client will start from."""
+    if fed.holder is None and fed.relay_model is not None:
+        return 0, fed.relay_model
+    return (fed.holder if fed.holder is not None else 0), None
+
+
+def deployed_models(fed: Federation) -> list[tuple[int, dict[str, torch.Tensor] | None, nn.Module, float]]:
+    """(client whose lower model, weights replacing it or None, upper, weight) to evaluate: the relay's current
+    model for sequential SL; the one model when all clients agree (after FedAvg); otherwise every client's own pair,
+    weighted by its data size δ_i."""
     if isinstance(fed.algo.sync, Relay):
-        holder = fed.holder if fed.holder is not None else 0
-        return [(holder, fed.server.upper_of(holder), 1.0)]
+        i, state = relay_position(fed)
+        return [(i, state, fed.server.uppers[0], 1.0)]
     if fed.clients.identical() and _identical(fed.server.uppers):
-        return [(0, fed.server.uppers[0], 1.0)]
+        return [(0, None, fed.server.uppers[0], 1.0)]
     total = sum(fed.sizes)
-    return [(i, fed.server.upper_of(i), n / total) for i, n in enumerate(fed.sizes)]
+    return [(i, None, fed.server.upper_of(i), n / total) for i, n in enumerate(fed.sizes)]
+
+
+def deployed_lower(fed: Federation, i: int, state: dict[str, torch.Tensor] | None) -> nn.Module:
+    """Client i's lower model, or a copy of it holding `state` (the relay's model after its holder failed)."""
+    if state is None:
+        return fed.clients.lower(i)
+    lower = copy.deepcopy(fed.clients.lower(i))
+    lower.load_state_dict(state)
+    return lower
 
 
 def shard_bounds(weights: list[float], n: int) -> list[int]:
@@ -52,11 +72,12 @@ def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch
     shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
     pass instead of N. In a distributed run each rank scores the clients it owns and the sums are all-reduced."""
     pairs = deployed_models(fed)
-    bounds = shard_bounds([w for _, _, w in pairs], len(y))
+    bounds = shard_bounds([w for *_, w in pairs], len(y))
     sums = torch.zeros(2, dtype=torch.float64, device=x.device)  # Σ loss, Σ correct
-    for (i, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
+    for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
         if stop > start and fed.clients.owns(i):
-            shard_loss, shard_acc = evaluate(fed.clients.lower(i), upper, x[start:stop], y[start:stop], batch_size)
+            lower = deployed_lower(fed, i, state)
+            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size)
             sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=x.device) * (stop - start)
     loss, correct = fed.clients.reduce_sum(sums).tolist()
     return loss / len(y), correct / len(y)

@@ -46,7 +46,9 @@ class ClientPool(Protocol):
 
     def lower(self, i: int) -> nn.Module: ...
 
-    def copy_lower(self, source: int, target: int) -> None: ...
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None: ...
+
+    def lower_state(self, i: int) -> dict[str, torch.Tensor]: ...
 
     def average(self, weights: list[float], heads: bool) -> None: ...
 
@@ -69,6 +71,10 @@ class InProcess:
 
     def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return values
+
+    def lower_state(self, i: int) -> dict[str, torch.Tensor]:
+        """A copy of client i's lower weights, as it would send them."""
+        return {k: v.detach().clone() for k, v in self.lower(i).state_dict().items()}
 
 
 @dataclass
@@ -116,10 +122,7 @@ class LoopClients(InProcess):
     def head(self, i: int) -> nn.Module | None:
         return self.clients[i].head
 
-    def copy_lower(self, source: int, target: int) -> None:
-        self.clients[target].lower.load_state_dict(self.clients[source].lower.state_dict())
-
-    def set_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
         self.clients[i].lower.load_state_dict(state)
 
     def assign(self, lower: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> None:
@@ -130,6 +133,7 @@ class LoopClients(InProcess):
                 client.head.load_state_dict(head)
 
     def average(self, weights: list[float], heads: bool) -> None:
+        """FedAvg with one weight per client (0 for those that did not report), the result in every client."""
         federated_average([c.lower for c in self.clients], weights)
         if heads and self.has_head:
             federated_average([c.head for c in self.clients], weights)

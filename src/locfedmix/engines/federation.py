@@ -1,5 +1,7 @@
-"""The federation: all run state (clients, server, ledger, clock, step counter, relay holder) and one round over it."""
+"""The federation: all run state (clients, server, ledger, clock, step counter, relay state, clients behind on FedAvg)
+and one round over it, for the clients the participation policy lets take part."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -7,14 +9,13 @@ import numpy as np
 import torch
 
 from locfedmix.algorithms.catalog import Algorithm
-from locfedmix.algorithms.fedavg import federated_average
-from locfedmix.algorithms.parts import FedAvg, Relay, Sequential
+from locfedmix.algorithms.parts import FedAvg, Parallel, Relay, Sequential
 from locfedmix.algorithms.schedule import StepPlan, client_batches, plan_round
-from locfedmix.config import Config
-from locfedmix.algorithms.parts import Parallel
-from locfedmix.config import EngineKind
+from locfedmix.config import Config, EngineKind
 from locfedmix.engines.clients import ClientPool, LoopClients
 from locfedmix.engines.distributed import Shard
+from locfedmix.engines.exchange import catch_up, hand_off, leave_relay, synchronize
+from locfedmix.engines.participation import Attendance, Participation
 from locfedmix.engines.sharded import ShardedClients
 from locfedmix.engines.state import Server, build_client_head, build_server
 from locfedmix.engines.step import train_step
@@ -22,7 +23,7 @@ from locfedmix.engines.vectorized import StackedClients
 from locfedmix.errors import NumericalError
 from locfedmix.latency.flops import SampleFlops, count_flops
 from locfedmix.latency.ledger import Direction, Kind, Ledger, module_bytes
-from locfedmix.latency.model import Clock, Profile, step_phases, sync_phases
+from locfedmix.latency.model import Clock, Profile, step_phases, upload_arrivals
 from locfedmix.models import build_split_model
 from locfedmix.rng import numpy_generator, seeded_torch
 
@@ -39,16 +40,20 @@ class Federation:
     profile: Profile
     cut_shape: tuple[int, ...]
     model_bytes: dict[Kind, int]  # what sending one client's lower model / head costs
+    smashed_sample_bytes: int  # what one sample's smashed data cost on the wire
+    participation: Participation
     clock: Clock = field(default_factory=Clock)
     step: int = 0
-    holder: int | None = None  # sequential SL: the client holding the current lower model
+    holder: int | None = None  # sequential SL: the client holding the current lower model (None: the server)
+    relay_model: dict | None = None  # sequential SL: the lower weights the server last received
+    stale: set[int] = field(default_factory=set)  # clients that missed a FedAvg since they last reported
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs; every random draw is derived from (seed, purpose, round or step), so
         the step counter and the round index stand in for generator states and data-loader positions."""
         return {"clients": self.clients.state_dict(), "server": self.server.state_dict(),
                 "ledger": self.ledger.state_dict(), "clock": self.clock.state_dict(), "step": self.step,
-                "holder": self.holder}
+                "holder": self.holder, "relay_model": self.relay_model, "stale": sorted(self.stale)}
 
     def load_state_dict(self, state: dict) -> None:
         self.clients.load_state_dict(state["clients"])
@@ -56,6 +61,8 @@ class Federation:
         self.ledger.load_state_dict(state["ledger"])
         self.clock.load_state_dict(state["clock"])
         self.step, self.holder = state["step"], state["holder"]
+        # checkpoints written before participation existed hold neither: no failed relay, nobody behind on FedAvg
+        self.relay_model, self.stale = state.get("relay_model"), set(state.get("stale", ()))
 
     def weights(self, ids) -> dict[int, float]:
         """δ_i = |D_i| / Σ_k |D_k| over the clients taking part."""
@@ -87,7 +94,10 @@ def build_federation(
     ledger = Ledger(config.latency.label_bytes)
     profile = config.latency.resolved_profile()
     model_bytes = {Kind.LOWER: module_bytes(model.lower), Kind.HEAD: module_bytes(head) if head is not None else 0}
-    return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape, model_bytes)
+    smashed = math.prod(model.cut_shape) * next(model.lower.parameters()).element_size()
+    participation = Participation.from_config(config.participation, config.n_clients, config.seed)
+    return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape, model_bytes,
+                      smashed, participation)
 
 
 # On the CPU, per-client batches up to this size run faster stacked than looped (measured on 2 cores: at 100 clients
@@ -109,31 +119,6 @@ def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: to
     if kind is EngineKind.VECTORIZED:
         return StackedClients(lower, head, n, config.client_optimizer, config.engine.chunk_clients)
     return LoopClients(lower, head, n, config.client_optimizer)
-
-
-def hand_off(fed: Federation, to: int) -> None:
-    """Relay: the next client starts from the lower weights of the client that trained last (sent via the server)."""
-    if fed.holder is not None and fed.holder != to:
-        fed.clients.copy_lower(fed.holder, to)
-        fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
-        fed.ledger.send(to, Kind.LOWER, Direction.DOWN, fed.model_bytes[Kind.LOWER])
-        fed.clock.advance(sync_phases(fed.profile, fed.ledger.close()))
-    fed.holder = to
-
-
-def synchronize(fed: Federation, sync: FedAvg) -> None:
-    """FedAvg of the client models (and heads, and server copies, as the declaration says), δ-weighted: every
-    client uploads what is averaged and downloads the average; server copies are averaged on the server itself."""
-    weights = list(fed.weights(range(fed.clients.n)).values())
-    heads = sync.average_heads and fed.clients.has_head
-    fed.clients.average(weights, heads)
-    for kind in [Kind.LOWER] + ([Kind.HEAD] if heads else []):
-        for i in range(fed.clients.n):
-            fed.ledger.send(i, kind, Direction.UP, fed.model_bytes[kind])
-            fed.ledger.send(i, kind, Direction.DOWN, fed.model_bytes[kind])
-    if sync.average_server_copies and len(fed.server.uppers) > 1:
-        federated_average(fed.server.uppers, weights)
-    fed.clock.advance(sync_phases(fed.profile, fed.ledger.close()))
 
 
 StepExecutor = Callable[["Federation", StepPlan], float]
@@ -158,30 +143,69 @@ def train_round(
     execute: StepExecutor,
     on_step: Callable[[], None] = lambda: None,
 ) -> float:
-    """One round (each client passes once over its data): the schedule's steps, each executed, charged to the ledger
-    and the clock, with relay hand-offs and FedAvg when due. Returns the mean over steps of what `execute` returns."""
-    algo, sync = fed.algo, fed.algo.sync
+    """One round (each participating client passes once over its data): the schedule's steps for the clients the
+    participation policy draws, each executed, charged to the ledger and the clock, with relay hand-offs and FedAvg
+    of the clients that report when due. Returns the mean over steps of what `execute` returns."""
+    sync = fed.algo.sync
     batches = {
-        i: client_batches(idx, batch_size, numpy_generator(fed.seed, "batches", i, round_index))
-        for i, idx in enumerate(client_indices)
+        i: client_batches(client_indices[i], batch_size, numpy_generator(fed.seed, "batches", i, round_index))
+        for i in fed.participation.participants(round_index)
     }
+    attendance = fed.participation.attendance(round_index, {i: len(b) for i, b in batches.items()})
     losses = []
-    for plan in plan_round(algo.schedule, batches, numpy_generator(fed.seed, "order", round_index)):
-        if isinstance(sync, Relay):
-            hand_off(fed, next(iter(plan)))
-        try:
-            losses.append(execute(fed, plan))
-        except NumericalError as err:
-            raise NumericalError(f"{err} at step {fed.step} (round {round_index}) of {algo.name}") from None
-        sizes = {i: len(idx) for i, idx in plan.items()}
-        fed.clock.advance(step_phases(algo, fed.flops, fed.profile, sizes, fed.ledger.close()))
-        fed.step += 1
+    for planned in plan_round(fed.algo.schedule, batches, numpy_generator(fed.seed, "order", round_index)):
+        plan, failed = attendance.admit(planned)
+        leave_relay(fed, failed)
+        if not plan:
+            continue
+        loss = run_step(fed, plan, attendance, execute, round_index)
+        if loss is not None:
+            losses.append(loss)
         if isinstance(sync, FedAvg) and sync.every_steps and fed.step % sync.every_steps == 0:
-            synchronize(fed, sync)
+            synchronize(fed, sync, attendance.reporters())
         on_step()
     if isinstance(sync, FedAvg) and not sync.every_steps:
-        synchronize(fed, sync)
+        synchronize(fed, sync, attendance.reporters())
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def run_step(fed: Federation, plan: StepPlan, attendance: Attendance, execute: StepExecutor,
+             round_index: int) -> float | None:
+    """One step of the clients still in the round: relay hand-off or pending downloads first; the clients whose
+    upload would miss the deadline are dropped (their upload is charged — it was sent — but the server does not use
+    it and no gradient goes back); the others are served. Returns the step's loss (None when nobody was served)."""
+    if isinstance(fed.algo.sync, Relay):
+        hand_off(fed, next(iter(plan)))
+    catch_up(fed, plan)
+    sizes = {i: len(idx) for i, idx in plan.items()}
+    late = late_clients(fed, sizes)
+    served = {i: idx for i, idx in plan.items() if i not in late}
+    loss = None
+    if served:
+        try:
+            loss = execute(fed, served)
+        except NumericalError as err:
+            raise NumericalError(f"{err} at step {fed.step} (round {round_index}) of {fed.algo.name}") from None
+    for i in sorted(late):
+        fed.ledger.send(i, Kind.SMASHED, Direction.UP, sizes[i] * fed.smashed_sample_bytes)
+        fed.ledger.send(i, Kind.LABELS, Direction.UP, sizes[i] * fed.ledger.label_bytes)
+    attendance.dropped |= late
+    leave_relay(fed, late)
+    cutoff = fed.participation.deadline_s if late else None
+    fed.clock.advance(step_phases(fed.algo, fed.flops, fed.profile, {i: sizes[i] for i in served},
+                                  fed.ledger.close(), fed.participation.slowdown, cutoff))
+    fed.step += 1
+    return loss
+
+
+def late_clients(fed: Federation, sizes: dict[int, int]) -> set[int]:
+    """The clients of a step whose upload, by the latency model, would arrive after the deadline (none without)."""
+    deadline = fed.participation.deadline_s
+    if not deadline:
+        return set()
+    upload = {i: b * (fed.smashed_sample_bytes + fed.ledger.label_bytes) for i, b in sizes.items()}
+    arrivals = upload_arrivals(fed.flops, fed.profile, sizes, upload, fed.participation.slowdown)
+    return {i for i, t in arrivals.items() if t > deadline}
 
 
 def steps_per_round(fed: Federation, client_indices: list[np.ndarray], batch_size: int) -> int:

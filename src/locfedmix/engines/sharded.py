@@ -59,28 +59,30 @@ class ShardedClients:
         dist.all_reduce(values)
         return values
 
-    def copy_lower(self, source: int, target: int) -> None:
-        """The relay hand-off: from the source's owner to the target's, point to point."""
-        src, dst, me = self.shard.owner(source), self.shard.owner(target), self.shard.rank
-        if src == dst == me:
-            self.local.copy_lower(source - self.shard.start, target - self.shard.start)
-        elif me == src:
-            dist.send(flat_state(self.lower(source).state_dict()), dst)
-        elif me == dst:
-            like = self.lower(target).state_dict()
-            flat = torch.empty(flat_state(like).numel(), dtype=torch.float64, device=self.device)
-            dist.recv(flat, src)
-            self.local.set_lower(target - self.shard.start, unflat_state(flat, like))
+    def lower_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Client i's lower weights on every rank (the relay's model is kept by the replicated server)."""
+        like = self.local.lower(0).state_dict()
+        flat = torch.empty(flat_state(like).numel(), dtype=torch.float64, device=self.device)
+        if self.owns(i):
+            flat = flat_state(self.lower(i).state_dict())
+        dist.broadcast(flat, src=self.shard.owner(i))
+        return unflat_state(flat, like)
+
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        if self.owns(i):
+            self.local.load_lower(i - self.shard.start, state)
 
     def average(self, weights: list[float], heads: bool) -> None:
         """FedAvg: each rank averages its clients (δ-weighted), scales by its share of the total weight, and an
         all-reduce sums the shares into the global average that every client then takes."""
         mine = weights[self.shard.start:self.shard.start + self.shard.size]
-        self.local.average(mine, heads)
+        share = sum(mine) / sum(weights)  # 0 when none of this rank's clients reported: it adds nothing
+        if share:
+            self.local.average(mine, heads)
         states = [self.local.lower(0).state_dict()]
         if heads and self.has_head:
             states.append(self.local.head(0).state_dict())
-        flat = torch.cat([flat_state(s) for s in states]) * (sum(mine) / sum(weights))
+        flat = torch.cat([flat_state(s) for s in states]) * share
         dist.all_reduce(flat)
         sizes = [flat_state(s).numel() for s in states]
         merged = [unflat_state(part, s) for part, s in zip(flat.split(sizes), states)]

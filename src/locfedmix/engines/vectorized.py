@@ -54,7 +54,8 @@ class StackedModule:
 
     @torch.no_grad()
     def average(self, weights: list[float]) -> None:
-        """FedAvg as a weighted mean over the client dimension, broadcast back to every client."""
+        """FedAvg as a weighted mean over the client dimension (weight 0 for a client that did not report),
+        broadcast back to every client."""
         for t in self.tensors().values():
             if t.is_floating_point():
                 w = torch.tensor(weights, dtype=t.dtype, device=t.device).view(-1, *[1] * (t.dim() - 1)) / sum(weights)
@@ -65,11 +66,6 @@ class StackedModule:
         """Client `row` (every client when None) takes the weights in `state` (a single module's state dict)."""
         for k, t in self.tensors().items():
             (t if row is None else t[row]).copy_(state[k])
-
-    @torch.no_grad()
-    def copy_row(self, source: int, target: int) -> None:
-        for t in self.tensors().values():
-            t[target] = t[source]
 
     def identical(self) -> bool:
         return all(bool((t == t[:1]).all()) for t in self.tensors().values())
@@ -134,10 +130,7 @@ class StackedClients(InProcess):
     def head(self, i: int) -> nn.Module | None:
         return self.heads.module(i) if self.heads else None
 
-    def copy_lower(self, source: int, target: int) -> None:
-        self.lowers.copy_row(source, target)
-
-    def set_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+    def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
         self.lowers.set_rows(state, i)
 
     def assign(self, lower: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> None:

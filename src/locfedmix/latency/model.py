@@ -6,10 +6,19 @@ A step whose client waits for the server's gradient costs
 the local objective (decoder or head) overlapping the wait. A step with nothing coming down (LocSplitFed) pipelines:
     max(client forward + local objective + client backward, upload + server).
 Clients that transmit together share the band equally; a sequential step gives one client the whole band.
+
+Stragglers (issue #7) compute and transmit `slowdown` times slower (the fixed per-transfer delay is not scaled). Every
+term of a client's step — forward, local objective, backward, upload, download — is proportional to its batch times
+its slowdown, so the client with the largest batch × slowdown is the last in every phase: the phase maxima below are
+its critical path, and a parallel step waits for it. With a deadline the server stops waiting for uploads at the
+deadline when some client's would arrive later (`upload_arrivals`); the step then runs from there with the clients
+that made it.
 """
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from locfedmix.algorithms.catalog import Algorithm
 from locfedmix.algorithms.objectives import receives_server_gradient
@@ -17,6 +26,7 @@ from locfedmix.latency.flops import SampleFlops
 from locfedmix.latency.ledger import Direction, Message
 
 PHASES = ("client_compute", "upload", "server_compute", "download", "sync")
+FULL_SPEED: Mapping[int, float] = MappingProxyType({})  # no stragglers: every client at the profile's speed
 
 
 @dataclass(frozen=True)
@@ -39,47 +49,67 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def transfer_seconds(messages: list[Message], direction: Direction, rate_bps: float, delay_s: float) -> float:
-    """Time until the last of the clients sending in `direction` is done, the band split equally among them."""
+def transfer_seconds(messages: list[Message], direction: Direction, rate_bps: float, delay_s: float,
+                     slowdown: Mapping[int, float] = FULL_SPEED) -> float:
+    """Time until the last of the clients sending in `direction` is done, the band split equally among them and a
+    straggler's share `slowdown` times slower."""
     per_client: dict[int, int] = defaultdict(int)
     for m in messages:
         if m.direction is direction:
             per_client[m.client] += m.nbytes
     if not per_client:
         return 0.0
-    return max(per_client.values()) * 8 * len(per_client) / rate_bps + delay_s
+    slowest = max(n * slowdown.get(c, 1.0) for c, n in per_client.items())
+    return slowest * 8 * len(per_client) / rate_bps + delay_s
+
+
+def upload_arrivals(flops: SampleFlops, profile: Profile, batch_sizes: dict[int, int], upload_bytes: dict[int, int],
+                    slowdown: Mapping[int, float] = FULL_SPEED) -> dict[int, float]:
+    """Seconds from a step's start until each client's upload has arrived: its forward pass, then its share of the
+    band among all the step's senders — the terms whose maximum `step_phases` charges as forward + upload."""
+    senders = len(upload_bytes)
+    return {i: b * slowdown.get(i, 1.0) * flops.lower_fwd / profile.client_flops
+            + upload_bytes[i] * slowdown.get(i, 1.0) * 8 * senders / profile.uplink_bps + profile.link_delay_s
+            for i, b in batch_sizes.items()}
 
 
 def mixed_samples(algo: Algorithm, batch_sizes: dict[int, int]) -> int:
     """Samples SmashMix adds to the server's work: n_s partners per client (clipped to the others present)."""
-    if algo.mixer is None:
+    if algo.mixer is None or not batch_sizes:
         return 0
     return min(algo.mixer.partners, len(batch_sizes) - 1) * sum(batch_sizes.values())
 
 
 def step_phases(algo: Algorithm, flops: SampleFlops, profile: Profile, batch_sizes: dict[int, int],
-                messages: list[Message]) -> dict[str, float]:
-    """Duration of each phase of one training step, and the step's total under the algorithm's message pattern."""
-    largest = max(batch_sizes.values())
+                messages: list[Message], slowdown: Mapping[int, float] = FULL_SPEED,
+                cutoff: float | None = None) -> dict[str, float]:
+    """Duration of each phase of one training step, and the step's total under the algorithm's message pattern.
+
+    batch_sizes: the clients the server served; messages: all that was sent, late uploads included (they share the
+    band); cutoff: the deadline, when the server stopped waiting for a late upload (None when all arrived in time).
+    """
+    largest = max((b * slowdown.get(i, 1.0) for i, b in batch_sizes.items()), default=0)
     forward = largest * flops.lower_fwd / profile.client_flops
     backward = largest * flops.lower_bwd / profile.client_flops
     local = largest * (flops.head_fwd + flops.head_bwd) / profile.client_flops
     served = sum(batch_sizes.values()) + mixed_samples(algo, batch_sizes)
     server = served * (flops.upper_fwd + flops.upper_bwd) / profile.server_flops
-    up = transfer_seconds(messages, Direction.UP, profile.uplink_bps, profile.link_delay_s)
-    down = transfer_seconds(messages, Direction.DOWN, profile.downlink_bps, profile.link_delay_s)
+    up = transfer_seconds(messages, Direction.UP, profile.uplink_bps, profile.link_delay_s, slowdown)
+    down = transfer_seconds(messages, Direction.DOWN, profile.downlink_bps, profile.link_delay_s, slowdown)
+    wait = up if cutoff is None else cutoff - forward  # from the end of the forward pass to the server's start
     if receives_server_gradient(algo.objective):
-        total = forward + max(local, up + server + down) + backward
-    else:
-        total = max(forward + local + backward, up + server)
-    return {"client_compute": forward + local + backward, "upload": up, "server_compute": server,
+        total = forward + max(local, wait + server + down) + backward
+    else:  # pipelined: the link and server work overlap the client's (the server starts at the cutoff, if any)
+        total = max(forward + local + backward, (up if cutoff is None else cutoff) + server)
+    return {"client_compute": forward + local + backward, "upload": wait, "server_compute": server,
             "download": down, "sync": 0.0, "total": total}
 
 
-def sync_phases(profile: Profile, messages: list[Message]) -> dict[str, float]:
+def sync_phases(profile: Profile, messages: list[Message],
+                slowdown: Mapping[int, float] = FULL_SPEED) -> dict[str, float]:
     """A model exchange (FedAvg or relay hand-off): weights up to the server, then the result down."""
-    seconds = (transfer_seconds(messages, Direction.UP, profile.uplink_bps, profile.link_delay_s)
-               + transfer_seconds(messages, Direction.DOWN, profile.downlink_bps, profile.link_delay_s))
+    seconds = (transfer_seconds(messages, Direction.UP, profile.uplink_bps, profile.link_delay_s, slowdown)
+               + transfer_seconds(messages, Direction.DOWN, profile.downlink_bps, profile.link_delay_s, slowdown))
     return {**dict.fromkeys(PHASES, 0.0), "sync": seconds, "total": seconds}
 
 

@@ -1,5 +1,7 @@
 """Evaluation of the composed model (lower ∘ upper) as the algorithm would deploy it."""
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,13 +12,16 @@ from locfedmix.engines.federation import Federation
 
 
 @torch.no_grad()
-def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean CE and accuracy (a fraction) of upper(lower(x)) in eval mode; restores the modules' training mode."""
+def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             upload: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """Mean CE and accuracy (a fraction) of upper(lower(x)) in eval mode, with the client's defence (`upload`)
+    applied to the smashed data where one is configured; restores the modules' training mode."""
     modes = lower.training, upper.training
     lower.eval(), upper.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        logits = upper(lower(x[start:start + batch_size]))
+        smashed = lower(x[start:start + batch_size])
+        logits = upper(upload(smashed) if upload is not None else smashed)
         target = y[start:start + batch_size]
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(1) == target).sum())
@@ -47,16 +52,18 @@ def shard_bounds(weights: list[float], n: int) -> list[int]:
     return [int(round(c * n)) for c in cumulative]
 
 
-def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                        purpose: str = "evaluation") -> tuple[float, float]:
     """(loss, accuracy) of the deployed models. Where clients hold different models, client i is scored on its own
     shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
-    pass instead of N."""
+    pass instead of N. A defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
     pairs = deployed_models(fed)
+    upload = fed.defence.inference(purpose, fed.step)
     bounds = shard_bounds([w for _, _, w in pairs], len(y))
     loss = correct = 0.0
     for (lower, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
         if stop > start:
-            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size)
+            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size, upload)
             loss += shard_loss * (stop - start)
             correct += shard_acc * (stop - start)
     return loss / len(y), correct / len(y)

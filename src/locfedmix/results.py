@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 import torch
 
@@ -68,6 +69,12 @@ class RunDirectory:
             return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated or foreign file: name it instead of a traceback
             raise UserError(f"checkpoint '{self.checkpoint}' cannot be read: {type(err).__name__}") from None
+
+    def write_examples(self, arrays: dict[str, np.ndarray]) -> None:
+        """The leakage attack's example reconstructions (uint8 originals and reconstructions), replaced atomically."""
+        tmp = self.path / "reconstructions.tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, self.path / "reconstructions.npz")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_write(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -112,7 +112,8 @@ class PrivacyConfig(_Section):
     @model_validator(mode="after")
     def _noise_needs_clip(self) -> "PrivacyConfig":
         if self.noise_multiplier > 0 and self.clip is None:
-            raise ValueError(f"noise_multiplier={self.noise_multiplier} needs clip (the noise std is multiplier × clip)")
+            raise ValueError(f"noise_multiplier={self.noise_multiplier} needs clip "
+                             f"(the noise std is multiplier × clip)")
         return self
 
 

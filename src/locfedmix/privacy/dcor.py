@@ -49,7 +49,8 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _u_centred(d: torch.Tensor) -> torch.Tensor:
-    """U-centring (Székely & Rizzo 2014): d_ij − d_i·/(n−2) − d_·j/(n−2) + d_··/((n−1)(n−2)) off the diagonal, 0 on it."""
+    """U-centring (Székely & Rizzo 2014): d_ij − d_i·/(n−2) − d_·j/(n−2) + d_··/((n−1)(n−2)) off the diagonal,
+    0 on it."""
     n = d.shape[0]
     centred = (d - d.sum(0, keepdim=True) / (n - 2) - d.sum(1, keepdim=True) / (n - 2)
                + d.sum() / ((n - 1) * (n - 2)))

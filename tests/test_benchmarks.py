@@ -68,7 +68,7 @@ def test_privacy_report_is_built_from_finished_cells(tmp_path, monkeypatch):
         privacy.run_cell(*cell)
     text = privacy.write_report([privacy.load(*cell) for cell in privacy.cells()])
     assert "| psl | none |" in text and "| psl+noise0.05 | clip C = 5, noise σ = 0.05 (std 0.25) |" in text
-    assert "`psl+noise0.05` against `psl`" in text
+    assert "`psl+noise0.05` against `psl`" in text and "Undefended, the attack" in text
     rows = list(csv.DictReader((tmp_path / "privacy.csv").open()))
     assert [r["cell"] for r in rows] == ["psl", "psl+noise0.05"]
     assert (tmp_path / "privacy-reconstructions.png").stat().st_size > 0

@@ -105,9 +105,12 @@ class EvalConfig(_Section):
 class PrivacyConfig(_Section):
     """Client-side defences of the smashed data (privacy/defences.py, docs/privacy.md); all off by default."""
 
-    clip: float | None = Field(None, gt=0, description="per-sample L2 bound C on the smashed data before upload")
-    noise_multiplier: float = Field(0.0, ge=0, description="σ: Gaussian noise of std σ·C added after clipping")
-    nopeek: float = Field(0.0, ge=0, description="α: weight of NoPeek's dCor(x, s) in the client's local loss")
+    clip: float | None = Field(None, gt=0, allow_inf_nan=False,
+                               description="per-sample L2 bound C on the smashed data before upload")
+    noise_multiplier: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                    description="σ: Gaussian noise of std σ·C added after clipping")
+    nopeek: float = Field(0.0, ge=0, allow_inf_nan=False,
+                          description="α: weight of NoPeek's dCor(x, s) in the client's local loss")
 
     @model_validator(mode="after")
     def _noise_needs_clip(self) -> "PrivacyConfig":

@@ -131,9 +131,13 @@ def pooled(per_client: list[dict]) -> dict[str, float]:
 
 
 def examples(pictures: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> dict[str, np.ndarray]:
-    """k (original, reconstruction) pairs taken round-robin over the clients, as uint8 images."""
-    chosen = [(c, j) for j in range(max((len(x) for x, _ in pictures), default=0)) for c in range(len(pictures))
-              if j < len(pictures[c][0])][:k]
-    as_uint8 = lambda t: (t.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    stack = lambda which: np.stack([as_uint8(pictures[c][which][j]) for c, j in chosen]) if chosen else np.zeros(0)
+    """k (original, reconstruction) pairs taken round-robin over the clients (sample 0 of each, then sample 1, ...),
+    as uint8 images [k, C, H, W], with the client each came from."""
+    longest = max((len(x) for x, _ in pictures), default=0)
+    chosen = [(c, j) for j in range(longest) for c in range(len(pictures)) if j < len(pictures[c][0])][:k]
+
+    def stack(which: int) -> np.ndarray:
+        images = [pictures[c][which][j].detach().cpu().clamp(0, 1) for c, j in chosen]
+        return (torch.stack(images) * 255).round().to(torch.uint8).numpy() if images else np.zeros((0,), np.uint8)
+
     return {"original": stack(0), "reconstruction": stack(1), "client": np.array([c for c, _ in chosen])}

@@ -5,19 +5,17 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from locfedmix.report.plots import accuracy_curves, finish, new_axes
+from locfedmix.report.runs import read_metrics
 
 
 def load_cells(grid_dir: Path, experiment: str) -> dict[str, list[dict]]:
     """label → one record per finished seed: its summary and its metrics rows (numbers as floats)."""
     cells: dict[str, list[dict]] = {}
     for summary_path in sorted((grid_dir / experiment).glob("*/seed*/summary.json")):
-        rows = list(csv.DictReader((summary_path.parent / "metrics.csv").open()))
-        rows = [{k: (v if k == "algorithm" else float(v)) for k, v in r.items()} for r in rows]
+        rows = read_metrics(summary_path.parent / "metrics.csv")
         cells.setdefault(summary_path.parent.parent.name, []).append(
             {"summary": json.loads(summary_path.read_text()), "rows": rows})
     return cells
@@ -57,25 +55,7 @@ def cell_table(cells: dict[str, list[dict]]) -> tuple[str, list[dict]]:
 
 def curves(cells: dict[str, list[dict]], x_key: str, path: Path, title: str) -> None:
     """Mean test accuracy (shaded ± std over seeds) against rounds or simulated seconds, one line per cell."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, runs in cells.items():
-        n = min(len(r["rows"]) for r in runs)
-        xs = np.mean([[row[x_key] for row in r["rows"][:n]] for r in runs], axis=0)
-        ys = np.array([[row["test_accuracy"] for row in r["rows"][:n]] for r in runs])
-        ax.plot(xs, ys.mean(0), marker="o", markersize=3, label=label)
-        ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15)
-    finish(fig, ax, {"round": "round", "simulated_seconds": "simulated seconds"}[x_key], "test accuracy", title, path)
-
-
-def finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    accuracy_curves({label: [r["rows"] for r in runs] for label, runs in cells.items()}, x_key, path, title)
 
 
 def scalability_plot(cells: dict[str, list[dict]], path: Path, title: str) -> None:
@@ -84,7 +64,7 @@ def scalability_plot(cells: dict[str, list[dict]], path: Path, title: str) -> No
         algorithm, n = label.rsplit("-n", 1)
         mean, std = stats([r["rows"][-1]["test_accuracy"] for r in runs])
         by_algo.setdefault(algorithm, []).append((int(n), mean, std))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = new_axes()
     for algorithm, points in by_algo.items():
         points.sort()
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",

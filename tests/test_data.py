@@ -12,7 +12,7 @@ import torch
 
 from locfedmix.data import datasets
 from locfedmix.data.datasets import DATA_ENV, load_dataset
-from locfedmix.data.idx import parse_idx, read_idx
+from locfedmix.data.idx import read_idx
 from locfedmix.errors import UserError
 
 IDX_NAMES = datasets.IDX_NAMES
@@ -54,9 +54,11 @@ def test_idx_round_trip_uint8(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_idx(path, ndim=3), images)
 
 
-def test_idx_round_trip_big_endian_int32() -> None:
+def test_idx_round_trip_big_endian_int32(tmp_path: Path) -> None:
     values = np.arange(-6, 6, dtype=np.int32).reshape(3, 4) * 100_000
-    parsed = parse_idx(idx_bytes(values, code=0x0C), "mem")
+    path = tmp_path / "values-idx2-int"
+    path.write_bytes(idx_bytes(values, code=0x0C))
+    parsed = read_idx(path, ndim=2, dtype=np.dtype(np.int32))
     np.testing.assert_array_equal(parsed, values)
     assert parsed.dtype == np.int32
 

@@ -220,17 +220,19 @@ def test_auxiliary_data_are_disjoint_from_every_client_and_never_the_test_set():
                            "data": {"val_fraction": 0.01}, "leakage": LEAKAGE}))
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("privacy.noise_multiplier=-0.5", "noise_multiplier=-0.5"),
-    ("privacy.noise_multiplier=1.0", "needs clip"),
-    ("privacy.clip=0", "privacy.clip=0"),
-    ("privacy.nopeek=-1", "privacy.nopeek=-1"),
-    ("leakage.every_round=true", "every_round needs enabled"),
+@pytest.mark.parametrize("settings, message", [
+    (["privacy.noise_multiplier=-0.5"], "noise_multiplier=-0.5"),
+    (["privacy.noise_multiplier=1.0"], "needs clip"),
+    (["privacy.clip=0"], "privacy.clip=0"),
+    (["privacy.nopeek=-1"], "privacy.nopeek=-1"),
+    (["leakage.every_round=true"], "every_round needs enabled"),
+    (["privacy.nopeek=0.5", "engine.distributed=true"], "set engine.distributed=false"),
 ])
-def test_privacy_mistakes_end_in_one_line_and_exit_code_2(tmp_path, capsys, setting, message):
+def test_privacy_mistakes_end_in_one_line_and_exit_code_2(tmp_path, capsys, settings, message):
     config = tmp_path / "c.toml"
     config.write_text('algorithm = "psl"\ndataset = "synthetic"\nn_clients = 2\nrounds = 1\nbatch_size = 4\n')
-    assert main(["run", "--config", str(config), "--set", setting, "--out", str(tmp_path / "out")]) == 2
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    assert main(["run", "--config", str(config), *sets, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 

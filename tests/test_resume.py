@@ -1,19 +1,24 @@
-"""Checkpoint and resume: a run killed with SIGKILL at a random point and resumed ends with the metrics.csv of an
-uninterrupted run, for every algorithm."""
+"""Checkpoint and resume: a run killed with SIGKILL at a random point and resumed ends with the metrics.csv and
+events.jsonl rows of an uninterrupted run, for every algorithm."""
 
 import os
+import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
 from locfedmix.cli import main
 from locfedmix.config import validate
+from test_logs import evaluations
 
 BASE = {"dataset": "synthetic", "n_clients": 3, "samples_per_client": 40, "rounds": 6, "batch_size": 10,
         "seed": 5, "data": {"val_fraction": 0.1}}
@@ -61,6 +66,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run(algorithm, engine, t
     resumed = subprocess.run([*COMMAND, "--resume", str(killed)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert evaluations(killed) == evaluations(reference)  # events.jsonl: no row twice, none lost
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path):
@@ -114,3 +120,63 @@ def test_divergence_stops_the_run_with_one_line_and_keeps_the_checkpoint(tmp_pat
                  "--set", "server_optimizer.name='sgd'", "--set", "server_optimizer.lr=1e30"])
     err = capsys.readouterr().err
     assert code == 3 and err.count("\n") == 1 and "of psl" in err and "not finite" in err
+
+
+class _RunsCode:
+    """Pickles as a call to os.system: unpickled by anything but a data-only reader, it creates `marker`."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def _one_round_run(tmp_path_factory):
+    """A finished one-round run, trained once for all the tests that plant checkpoints in copies of it."""
+    out = tmp_path_factory.mktemp("finished") / "r"
+    run(validate({**BASE, "algorithm": "psl", "rounds": 1}), out, progress=False)
+    return out
+
+
+@pytest.fixture
+def finished_run(_one_round_run, tmp_path):
+    return Path(shutil.copytree(_one_round_run, tmp_path / "r"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(writer, finished_run, tmp_path, capsys):
+    directory, marker = finished_run, tmp_path / "MARKER"
+    payload = {"round": 1, "rows": [], "train_seconds": 0.0, "federation": {"x": _RunsCode(marker)}}
+    checkpoint = directory / "checkpoint.pt"
+    if writer == "torch.save":
+        torch.save(payload, checkpoint)
+    else:
+        checkpoint.write_bytes(pickle.dumps(payload, protocol=4))
+    assert main(["run", "--resume", str(directory), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(checkpoint) in err and "refused" in err, err
+    assert "posix.system" in err or writer == "pickle.dump"  # the zip format names the global it refused
+    assert not marker.exists()
+    # The planted file is a live exploit: an unrestricted unpickler runs it.
+    if writer == "pickle.dump":
+        pickle.loads(checkpoint.read_bytes())
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda state: [1, 2, 3], "holds a list"),
+    (lambda state: {k: v for k, v in state.items() if k != "rows"}, "valid 'rows' entry"),
+    (lambda state: {**state, "round": "1"}, "valid 'round' entry"),
+    (lambda state: {**state, "rows": [{"round": 1}]}, "without the columns"),
+    (lambda state: {**state, "federation": {}}, "does not fit"),
+    (lambda state: {**state, "federation": {**state["federation"], "server": {"uppers": [{"w": 1}],
+                                                                               "optimizers": []}}}, "does not fit"),
+])
+def test_a_tampered_checkpoint_gives_one_line_naming_it(tamper, fragment, finished_run, capsys):
+    checkpoint = finished_run / "checkpoint.pt"
+    torch.save(tamper(torch.load(checkpoint, weights_only=True)), checkpoint)
+    assert main(["run", "--resume", str(finished_run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(checkpoint) in err and fragment in err, err

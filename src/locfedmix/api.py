@@ -14,11 +14,13 @@ from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.device import resolve_device
+from locfedmix.engines.distributed import agree, is_primary, join, world_size
+from locfedmix.errors import UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
-from locfedmix.results import RunDirectory
+from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
 
 
@@ -42,8 +44,9 @@ def federate(config: Config) -> FederatedData:
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
         config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
-        samples_per_client=config.samples_per_client or None, alpha=config.data.dirichlet_alpha,
-        min_samples=config.data.min_samples, classes_per_client=config.data.classes_per_client,
+        samples_per_client=config.samples_per_client or None,
+        **config.data.model_dump(include={"alpha", "min_partition_size", "num_classes_per_partition",
+                                          "num_shards_per_partition", "shard_size"}),
     )
     shuffle = numpy_generator(config.seed, "evaluation-order")
     clients = [train[p] for p in parts]
@@ -93,21 +96,10 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
         "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__, "device": str(fed.server.device),
+        "processes": world_size(),
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
         "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
     }
-
-
-def restore(fed: Federation, run_dir: RunDirectory | None, resume: bool) -> dict[str, Any]:
-    """Where a run stands: from its last checkpoint when resuming one that has it, else from the start."""
-    state = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": []}
-    checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
-    if checkpoint is not None:
-        fed.load_state_dict(checkpoint["federation"])
-        state.update({k: checkpoint[k] for k in state if k in checkpoint})
-    if resume and run_dir:
-        run_dir.rewrite_metrics(state["rows"])
-    return state
 
 
 def measure_leakage(probe: LeakageProbe, round_index: int, run_dir: RunDirectory | None) -> dict[str, Any]:
@@ -130,21 +122,14 @@ def privacy_summary(fed: Federation, config: Config, leaks: list[dict[str, Any]]
     return out
 
 
-def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
-        label: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train `config.rounds` rounds, evaluating after every `eval.every` rounds; write the run directory if `out`
-    (metrics.csv gains a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
-    `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
-    run. With leakage on, the smashed data are probed after the last round (or every round)."""
-    started = time.perf_counter()
-    device = resolve_device(config.engine.device)
-    data = federate(config)
-    data.dataset = ds = data.dataset.to(device)
-    fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
-                           [len(i) for i in data.client_indices], device)
-    run_dir = RunDirectory(out, config, overwrite, resume) if out is not None else None
-    state = restore(fed, run_dir, resume)
-    rows, leaks = state["rows"], state["leakage"]
+def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
+                 state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
+    """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
+    flushed, to the run directory's logs), probing leakage when `[leakage]` says so and, if `checkpoints`,
+    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage) is updated in place
+    and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
+    checkpoint; only rank 0 has `run_dir` and writes."""
+    ds = data.dataset
     probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
              if config.leakage.enabled else None)
     execute = data_step(ds.x_train, ds.y_train)
@@ -155,18 +140,66 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
             tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
             state["train_seconds"] += time.perf_counter() - tick
+            state["round"] = r
             if r % config.eval.every == 0 or r == config.rounds:
-                rows.append(evaluate_row(fed, data, config, r, train_loss))
+                state["rows"].append(evaluate_row(fed, data, config, r, train_loss))
                 if run_dir:
-                    run_dir.append(rows[-1])
-                bar.set_postfix(test_acc=f"{rows[-1]['test_accuracy']:.3f}")
+                    run_dir.append(state["rows"][-1])
+                bar.set_postfix(test_acc=f"{state['rows'][-1]['test_accuracy']:.3f}")
             if probe and (config.leakage.every_round or r == config.rounds):
-                leaks.append(measure_leakage(probe, r, run_dir))
-            if run_dir and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
-                state["round"] = r
-                run_dir.save_checkpoint({**state, "federation": fed.state_dict()})
-    summary = summarize(fed, data, config, rows, time.perf_counter() - started, state["train_seconds"])
-    summary |= privacy_summary(fed, config, leaks)
-    if run_dir:
-        run_dir.write_summary(summary)
+                state["leakage"].append(measure_leakage(probe, r, run_dir))
+            if checkpoints and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
+                checkpoint = {**state, "federation": fed.state_dict()}
+                if run_dir:
+                    run_dir.save_checkpoint(checkpoint)
+
+
+def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
+        label: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
+    events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
+    `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
+    run. With leakage on, the smashed data are probed after the last round (or every round)."""
+    if config.log.tensorboard and out is None:
+        raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
+    started = time.perf_counter()
+    shard, device = join(config, resolve_device(config.engine.device))
+    data = federate(config)
+    data.dataset = ds = data.dataset.to(device)
+    fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
+                           [len(i) for i in data.client_indices], device, shard)
+    run_dir = _open_run(out, config, overwrite, resume)
+    checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": []}
+    if checkpoint is not None:
+        restore_federation(fed, checkpoint, run_dir.checkpoint)
+        state = {key: checkpoint.get(key, default) for key, default in state.items()}
+    writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
+    try:
+        if writer:
+            writer.begin(checkpoint, resume)
+        train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
+        summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
+        summary |= privacy_summary(fed, config, state["leakage"])
+        if writer:
+            writer.finish(summary)
+    finally:
+        if writer:
+            writer.close()
     return summary
+
+
+def _open_run(out: str | Path | None, config: Config, overwrite: bool, resume: bool) -> RunDirectory | None:
+    """The run directory: opened for writing by rank 0 alone, for reading a checkpoint by every rank (a shared
+    filesystem on several machines); all ranks agree on whether it could be opened."""
+    if out is None:
+        return None
+    run_dir, error = None, None
+    if is_primary() or resume:
+        try:
+            run_dir = RunDirectory(out, config, overwrite, resume)
+        except UserError as err:
+            error = str(err)
+    agree(error)
+    return run_dir
+

@@ -1,10 +1,13 @@
-"""Command line: `locfedmix run`, `latency` and `algorithms`; user mistakes end as one line on stderr, exit code 2."""
+"""Command line: `locfedmix run`, `latency`, `report` and `algorithms`; user mistakes end as one line on stderr, exit
+code 2."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.engines.distributed import is_primary, leave, lost_peer, rank
 from locfedmix.errors import NumericalError, UserError
 
 
@@ -29,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config key; repeatable")
     commands.add_parser("algorithms", help="list the algorithms")
+    report = commands.add_parser("report", help="Markdown report with plots from run directories")
+    report.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="a run directory, or a folder holding run directories (e.g. runs/default)")
+    report.add_argument("--out", metavar="OUTDIR", help="folder for report.md and its PNGs (default: DIR/report)")
     return parser
 
 
@@ -48,9 +55,15 @@ def _run(args: argparse.Namespace) -> None:
         summary = run(config, out, overwrite=args.overwrite, progress=not args.no_progress, label=label or None)
         row = _result_row(label or config.algorithm, summary)
         results.append(row)
-        print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}", flush=True)
+        _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}")
     if len(results) > 1:
-        print(_table(results))
+        _say(_table(results))
+
+
+def _say(text: str) -> None:
+    """Print once per run: in a distributed run every rank holds the same results and rank 0 speaks."""
+    if is_primary():
+        print(text, flush=True)
 
 
 def _resume(args: argparse.Namespace) -> None:
@@ -64,7 +77,7 @@ def _resume(args: argparse.Namespace) -> None:
     ((_, config),) = load_experiment(directory / "config.toml")
     summary = run(config, directory, progress=not args.no_progress, resume=True)
     row = _result_row(config.algorithm, summary)
-    print(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}", flush=True)
+    _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")
 
 
 RESULT_HEADER = ("run", "test accuracy", "rounds", "MB up", "MB down", "time to target (simulated)", "wall s")
@@ -105,23 +118,46 @@ def _latency(args: argparse.Namespace) -> None:
         print(latency_table(config, data.dataset.input_shape, data.dataset.n_classes, data.client_indices))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from locfedmix.report import write_report
+
+    print(f"report written to {write_report(args.dirs, args.out)}")
+
+
 def _algorithms() -> None:
     for algo in ALGORITHMS.values():
         print(f"{algo.name:<12} {algo.summary} [{algo.reference}]")
 
 
+def one_line(err: Exception) -> str:
+    """The message with any line break a user's value brought in written as an escape."""
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        {"run": _run, "latency": _latency, "algorithms": lambda _: _algorithms()}[args.command](args)
+        commands = {"run": _run, "latency": _latency, "report": _report, "algorithms": lambda _: _algorithms()}
+        commands[args.command](args)
     except UserError as err:
-        print(f"locfedmix: error: {err}", file=sys.stderr)
+        if is_primary():  # every rank meets the same mistake; one line is enough
+            print(f"locfedmix: error: {one_line(err)}", file=sys.stderr)
         return 2
     except NumericalError as err:
-        print(f"locfedmix: numerical fault: {err}; the last good checkpoint is kept (--resume after fixing the "
-              f"cause)", file=sys.stderr)
+        if is_primary():
+            print(f"locfedmix: numerical fault: {err}; the last good checkpoint is kept (--resume after fixing "
+                  f"the cause)", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("locfedmix: interrupted; results written so far are in the run directory", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if not lost_peer(err):
+            raise
+        print(f"locfedmix: error: rank {rank()} lost contact with the other processes ({str(err).splitlines()[0]}); "
+              "another rank died, hung or became unreachable; the last checkpoint is kept (--resume)", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(4)  # a process group with a dead peer aborts when torn down; every file is already flushed
+    finally:
+        leave()
     return 0

@@ -4,7 +4,7 @@ import tomllib
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -31,11 +31,30 @@ class OptimizerConfig(_Section):
 
 
 class DataConfig(_Section):
+    """Where the data live, the validation hold-out, and the partitioner's parameters under Flower Datasets' names."""
+
     dir: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    dirichlet_alpha: float = Field(0.5, gt=0)
-    min_samples: int = Field(1, ge=1)
-    classes_per_client: int = Field(2, ge=1)
+    partition_by: Literal["label"] = Field("label", description="our datasets have one target column, 'label'")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: the concentration (smaller = more skewed)")
+    min_partition_size: int = Field(1, ge=1, description="dirichlet: redraw until every client has this many")
+    num_classes_per_partition: int = Field(2, ge=1, description="pathological: classes held by each client")
+    num_shards_per_partition: int = Field(2, ge=1, description="shards: shards dealt to each client")
+    shard_size: int = Field(0, ge=0, description="shards: samples per shard; 0 = all data in equal shards")
+
+
+# Keys renamed to Flower Datasets' names; a config that still uses one is told the new name instead of "unknown key".
+RENAMED_KEYS = {
+    "data.dirichlet_alpha": "data.alpha",
+    "data.min_samples": "data.min_partition_size",
+    "data.classes_per_client": "data.num_classes_per_partition (with partition = 'pathological')",
+}
+
+
+class LogConfig(_Section):
+    """Optional logs beside metrics.csv; events.jsonl is always written."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard scalars into <run>/tensorboard")
 
 
 class AlgoSwitches(_Section):
@@ -95,6 +114,8 @@ class EngineConfig(_Section):
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto = the first CUDA device if there is one, else cpu")
+    distributed: bool = Field(False, description="shard the clients over the processes torchrun starts")
+    timeout_s: float = Field(300.0, gt=0, description="a collective waiting longer than this fails the run")
 
 
 class EvalConfig(_Section):
@@ -173,6 +194,7 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     latency: LatencyConfig = LatencyConfig()
     engine: EngineConfig = EngineConfig()
+    log: LogConfig = LogConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     leakage: LeakageConfig = LeakageConfig()
 
@@ -195,6 +217,8 @@ class Config(_Section):
             )
         if self.privacy.nopeek and self.batch_size < 2:
             raise ValueError("privacy.nopeek needs batch_size >= 2 (the distance correlation of one sample is 0)")
+        if self.engine.distributed and (self.leakage.enabled or self.privacy.clip is not None or self.privacy.nopeek):
+            raise ValueError("[privacy] defences and [leakage] run in one process so far; set engine.distributed=false")
         if self.algo.partners is not None and self.algo.partners > self.n_clients - 1:
             raise ValueError(f"algo.partners={self.algo.partners} needs at least {self.algo.partners + 1} clients")
         try:
@@ -210,6 +234,8 @@ class Config(_Section):
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden" and where in RENAMED_KEYS:
+        return f"config key '{where}' is now '{RENAMED_KEYS[where]}' (Flower Datasets' name)"
     if error["type"] == "extra_forbidden":
         section: Any = model
         for part in error["loc"][:-1]:
@@ -232,15 +258,20 @@ def validate(tree: dict[str, Any]) -> Config:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` → (["a", "b"], value), the value read as a TOML literal (a bare word stays a string)."""
+    """`a.b=value` → (["a", "b"], value). The value is data, never code: it is read as one TOML literal (number,
+    bool, quoted string, array, inline table), and anything that is not one (a bare word, `__import__(...)`, a YAML
+    tag) stays the plain string the user typed. TOML that smuggles in further keys on extra lines is refused."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set '{text}' is not key=value")
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.strip().split("."), value
+        document = tomllib.loads(f"v = {raw}")
+    except (tomllib.TOMLDecodeError, RecursionError):  # tomllib recurses once per nesting level
+        return key.strip().split("."), raw
+    if document.keys() != {"v"}:
+        raise UserError(f"--set {text!r}: the value must be one TOML literal, not further lines of TOML")
+    return key.strip().split("."), document["v"]
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -257,10 +288,18 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """The config file as plain data (tomllib builds only dicts, lists, strings, numbers, booleans and dates);
+    every way the file can be unreadable ends as a UserError naming it."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file '{path}' not found") from None
+    except OSError as err:
+        raise UserError(f"config file '{path}' cannot be read: {err.strerror or type(err).__name__}") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"config file '{path}' is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file '{path}' is not UTF-8 text (byte {err.start}); TOML must be UTF-8") from None
+    except RecursionError:
+        raise UserError(f"config file '{path}' nests arrays or tables too deeply") from None

@@ -34,16 +34,16 @@ def _identical(modules: list[nn.Module]) -> bool:
     return all(all(torch.equal(first[k], v) for k, v in m.state_dict().items()) for m in modules[1:])
 
 
-def deployed_models(fed: Federation) -> list[tuple[nn.Module, nn.Module, float]]:
-    """(lower, upper, weight) pairs to evaluate: the relay's current model for sequential SL; the one model when all
-    clients agree (after FedAvg); otherwise every client's own pair, weighted by its data size δ_i."""
+def deployed_models(fed: Federation) -> list[tuple[int, nn.Module, float]]:
+    """(client whose lower model, upper, weight) to evaluate: the relay's current model for sequential SL; the one
+    model when all clients agree (after FedAvg); otherwise every client's own pair, weighted by its data size δ_i."""
     if isinstance(fed.algo.sync, Relay):
         holder = fed.holder if fed.holder is not None else 0
-        return [(fed.clients.lower(holder), fed.server.upper_of(holder), 1.0)]
+        return [(holder, fed.server.upper_of(holder), 1.0)]
     if fed.clients.identical() and _identical(fed.server.uppers):
-        return [(fed.clients.lower(0), fed.server.uppers[0], 1.0)]
+        return [(0, fed.server.uppers[0], 1.0)]
     total = sum(fed.sizes)
-    return [(fed.clients.lower(i), fed.server.upper_of(i), n / total) for i, n in enumerate(fed.sizes)]
+    return [(i, fed.server.upper_of(i), n / total) for i, n in enumerate(fed.sizes)]
 
 
 def shard_bounds(weights: list[float], n: int) -> list[int]:
@@ -56,14 +56,16 @@ def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch
                         purpose: str = "evaluation") -> tuple[float, float]:
     """(loss, accuracy) of the deployed models. Where clients hold different models, client i is scored on its own
     shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
-    pass instead of N. A defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
+    pass instead of N. In a distributed run each rank scores the clients it owns and the sums are all-reduced. A
+    defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
     pairs = deployed_models(fed)
     upload = fed.defence.inference(purpose, fed.step)
     bounds = shard_bounds([w for _, _, w in pairs], len(y))
-    loss = correct = 0.0
-    for (lower, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
-        if stop > start:
-            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size, upload)
-            loss += shard_loss * (stop - start)
-            correct += shard_acc * (stop - start)
+    sums = torch.zeros(2, dtype=torch.float64, device=x.device)  # Σ loss, Σ correct
+    for (i, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
+        if stop > start and fed.clients.owns(i):
+            shard_loss, shard_acc = evaluate(fed.clients.lower(i), upper, x[start:stop], y[start:stop], batch_size,
+                                             upload)
+            sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=x.device) * (stop - start)
+    loss, correct = fed.clients.reduce_sum(sums).tolist()
     return loss / len(y), correct / len(y)

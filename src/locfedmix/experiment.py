@@ -1,11 +1,16 @@
 """Experiments: a config file, its --set overrides, and an optional [sweep] table expanded into one Config per cell."""
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
 from locfedmix.config import Config, apply_overrides, read_toml, validate
 from locfedmix.errors import UserError
+
+# Far more runs than anyone trains from one file; the cap keeps a config from making the CLI validate billions of
+# cells before the first run starts.
+MAX_SWEEP_CELLS = 10_000
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
@@ -27,6 +32,9 @@ def expand_sweep(tree: dict[str, Any]) -> list[tuple[str, Config]]:
         raise UserError("[sweep] must map config keys to non-empty lists of values")
     if not sweep:
         return [("", validate(tree))]
+    n_cells = math.prod(len(values) for values in sweep.values())
+    if n_cells > MAX_SWEEP_CELLS:
+        raise UserError(f"[sweep] expands to {n_cells} runs; at most {MAX_SWEEP_CELLS} are allowed per config")
     cells = []
     for values in itertools.product(*sweep.values()):
         cell = tree

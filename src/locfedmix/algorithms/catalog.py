@@ -1,5 +1,6 @@
 """The catalog: each algorithm of the paper's comparison declared as a composition of parts (DESIGN.md §1)."""
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -64,6 +65,18 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 def algorithm_names() -> list[str]:
     return list(ALGORITHMS)
+
+
+def register(algorithm: Algorithm) -> Algorithm:
+    """Add a declaration to the catalog, after which configs, `run` and `locfedmix algorithms` in this process know
+    its name; a name already taken is refused, so that a new declaration never silently replaces a baseline."""
+    if algorithm.name in ALGORITHMS:
+        raise UserError(f"algorithm '{algorithm.name}' is already registered; choose another name")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", algorithm.name):
+        raise UserError(f"algorithm name '{algorithm.name}' must be lower-case letters, digits, '-' or '_' "
+                        f"(it names folders and config values)")
+    ALGORITHMS[algorithm.name] = algorithm
+    return algorithm
 
 
 def _ablation(part: str) -> Callable[[Algorithm, bool], Algorithm]:

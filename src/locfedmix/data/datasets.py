@@ -12,7 +12,7 @@ import torch
 from locfedmix.data.cifar import batch_folder, read_cifar10
 from locfedmix.data.idx import find_idx, read_idx
 from locfedmix.data.partition import split_validation
-from locfedmix.errors import UserError
+from locfedmix.errors import DataError, UserError
 from locfedmix.rng import numpy_generator
 
 DATA_ENV = "LOCFEDMIX_DATA"
@@ -73,14 +73,25 @@ def _idx_folder(folders: list[Path]) -> Path | None:
     return next((folder for folder in folders if all(find_idx(folder, name) for name in IDX_NAMES)), None)
 
 
+IDX_IMAGE_SIZE = (28, 28)
+
+
 def _read_idx_set(name: str, folder: Path) -> Dataset:
-    x_train, y_train, x_test, y_test = (
-        read_idx(find_idx(folder, file), ndim=1 if "labels" in file else 3) for file in IDX_NAMES
-    )
+    """The four IDX files, checked as a set: 28x28 images, labels 0..9, as many labels as images, none empty."""
+    paths = [find_idx(folder, file) for file in IDX_NAMES]
+    x_train, y_train, x_test, y_test = (read_idx(path, ndim=1 if "labels" in file else 3)
+                                        for path, file in zip(paths, IDX_NAMES))
     for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         if len(images) != len(labels):
-            raise UserError(f"{name} {split} files in {folder} disagree: {len(images)} images, {len(labels)} labels")
-    return _from_arrays(name, (x_train, y_train, x_test, y_test), (1, 28, 28), 255.0)
+            raise DataError(f"{name} {split} files in {folder} disagree: {len(images)} images, {len(labels)} labels")
+    for path, array in zip(paths, (x_train, y_train, x_test, y_test)):
+        if not len(array):
+            raise DataError(f"IDX file {path} holds no samples")
+        if array.ndim == 3 and array.shape[1:] != IDX_IMAGE_SIZE:
+            raise DataError(f"IDX file {path} holds {array.shape[1]}x{array.shape[2]} images; {name} images are 28x28")
+        if array.ndim == 1 and array.max() > 9:
+            raise DataError(f"IDX file {path} holds label {array.max()}; {name} labels are 0..9")
+    return _from_arrays(name, (x_train, y_train, x_test, y_test), (1, *IDX_IMAGE_SIZE), 255.0)
 
 
 def _mnist(data_dir: str | None, seed: int) -> Dataset:

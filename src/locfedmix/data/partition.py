@@ -1,4 +1,9 @@
-"""Splitting a labelled training set among clients (IID, Dirichlet, shards) and holding out a validation set."""
+"""Splitting a labelled training set among clients and holding out a validation set.
+
+The partitioners and their parameters carry Flower Datasets' names (IidPartitioner, DirichletPartitioner,
+PathologicalPartitioner, ShardPartitioner: `alpha`, `min_partition_size`, `num_classes_per_partition`,
+`num_shards_per_partition`, `shard_size`), so that a federation described for Flower reads the same here; every draw
+comes from the caller's generator, so the same seed gives the same split."""
 
 from dataclasses import dataclass
 from typing import Callable
@@ -7,7 +12,7 @@ import numpy as np
 
 from locfedmix.errors import UserError
 
-# Dirichlet draws are retried this often before giving up on min_samples.
+# Dirichlet draws are retried this often before giving up on min_partition_size.
 MAX_DIRICHLET_TRIES = 100
 
 
@@ -15,8 +20,10 @@ MAX_DIRICHLET_TRIES = 100
 class _Options:
     samples_per_client: int | None
     alpha: float
-    min_samples: int
-    classes_per_client: int
+    min_partition_size: int
+    num_classes_per_partition: int
+    num_shards_per_partition: int
+    shard_size: int  # 0 = len(labels) // (n_clients * num_shards_per_partition), Flower's automatic size
 
 
 Partitioner = Callable[[np.ndarray, int, np.random.Generator, _Options], list[np.ndarray]]
@@ -42,18 +49,21 @@ def _dirichlet_once(labels: np.ndarray, n_clients: int, rng: np.random.Generator
 
 
 def _dirichlet(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
-    if opts.min_samples * n_clients > len(labels):
+    """Flower's DirichletPartitioner without self-balancing: per class, proportions ~ Dir(alpha), redrawn until every
+    client holds min_partition_size samples."""
+    if opts.min_partition_size * n_clients > len(labels):
         raise UserError(
-            f"min_samples={opts.min_samples} is impossible for {n_clients} clients sharing {len(labels)} samples; "
-            f"lower min_samples or use fewer clients"
+            f"min_partition_size={opts.min_partition_size} is impossible for {n_clients} clients sharing "
+            f"{len(labels)} samples; lower min_partition_size or use fewer clients"
         )
     for _ in range(MAX_DIRICHLET_TRIES):
         parts = _dirichlet_once(labels, n_clients, rng, opts.alpha)
-        if min(len(part) for part in parts) >= opts.min_samples:
+        if min(len(part) for part in parts) >= opts.min_partition_size:
             return parts
     raise UserError(
-        f"dirichlet partition with alpha={opts.alpha} left some client below min_samples={opts.min_samples} "
-        f"in {MAX_DIRICHLET_TRIES} tries; lower min_samples or raise alpha"
+        f"dirichlet partition with alpha={opts.alpha} left some client below "
+        f"min_partition_size={opts.min_partition_size} in {MAX_DIRICHLET_TRIES} tries; "
+        f"lower min_partition_size or raise alpha"
     )
 
 
@@ -74,14 +84,16 @@ def _deal_classes(classes: np.ndarray, n_clients: int, k: int, rng: np.random.Ge
     return hands
 
 
-def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
+def _pathological(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
+    """Flower's PathologicalPartitioner: every client holds exactly num_classes_per_partition classes, and each class
+    is split evenly among its holders (classes are dealt from reshuffled decks, so all of them are used)."""
     classes = np.unique(labels)
-    if opts.classes_per_client > len(classes):
+    if opts.num_classes_per_partition > len(classes):
         raise UserError(
-            f"classes_per_client={opts.classes_per_client} exceeds the {len(classes)} classes in the labels; "
-            f"choose 1..{len(classes)}"
+            f"num_classes_per_partition={opts.num_classes_per_partition} exceeds the {len(classes)} classes in the "
+            f"labels; choose 1..{len(classes)}"
         )
-    hands = _deal_classes(classes, n_clients, opts.classes_per_client, rng)
+    hands = _deal_classes(classes, n_clients, opts.num_classes_per_partition, rng)
     shares: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
     for cls in classes:
         holders = [client for client, hand in enumerate(hands) if cls in hand]
@@ -92,9 +104,29 @@ def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: 
     return [np.concatenate(chunks) for chunks in shares]
 
 
+def _shards(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
+    """Flower's ShardPartitioner (McMahan et al. 2017): the samples sorted by label (shuffled within each class) are
+    cut into shards of shard_size consecutive samples, and each client gets num_shards_per_partition random shards;
+    samples beyond the last whole shard that is dealt stay unused."""
+    n_shards = n_clients * opts.num_shards_per_partition
+    size = opts.shard_size or len(labels) // n_shards
+    if size < 1 or n_shards * size > len(labels):
+        raise UserError(
+            f"shards: {n_clients} clients x num_shards_per_partition={opts.num_shards_per_partition} x "
+            f"shard_size={size} need {n_shards * max(size, 1)} samples but {len(labels)} are available; "
+            f"lower shard_size or num_shards_per_partition"
+        )
+    shuffled = rng.permutation(len(labels))
+    by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
+    shards = by_label[: (len(labels) // size) * size].reshape(-1, size)
+    dealt = rng.permutation(len(shards))[:n_shards].reshape(n_clients, opts.num_shards_per_partition)
+    return [shards[row].ravel() for row in dealt]
+
+
 PARTITIONERS: dict[str, Partitioner] = {
     "iid": _iid,
     "dirichlet": _dirichlet,
+    "pathological": _pathological,
     "shards": _shards,
 }
 
@@ -110,10 +142,12 @@ def _check_arguments(name: str, n_samples: int, n_clients: int, opts: _Options) 
         raise UserError(f"samples_per_client={opts.samples_per_client} is invalid; it must be at least 1 (or unset)")
     if not opts.alpha > 0:
         raise UserError(f"alpha={opts.alpha} is invalid; the Dirichlet concentration must be > 0")
-    if opts.min_samples < 0:
-        raise UserError(f"min_samples={opts.min_samples} is invalid; it must be at least 0")
-    if opts.classes_per_client < 1:
-        raise UserError(f"classes_per_client={opts.classes_per_client} is invalid; it must be at least 1")
+    for key in ("min_partition_size", "shard_size"):
+        if getattr(opts, key) < 0:
+            raise UserError(f"{key}={getattr(opts, key)} is invalid; it must be at least 0")
+    for key in ("num_classes_per_partition", "num_shards_per_partition"):
+        if getattr(opts, key) < 1:
+            raise UserError(f"{key}={getattr(opts, key)} is invalid; it must be at least 1")
 
 
 def _cap(part: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -130,15 +164,19 @@ def partition(
     *,
     samples_per_client: int | None = None,
     alpha: float = 0.5,
-    min_samples: int = 1,
-    classes_per_client: int = 2,
+    min_partition_size: int = 1,
+    num_classes_per_partition: int = 2,
+    num_shards_per_partition: int = 2,
+    shard_size: int = 0,
 ) -> list[np.ndarray]:
     """One sorted, disjoint int64 index array (into `labels`) per client; deterministic given `rng`.
 
-    `alpha` and `min_samples` drive 'dirichlet' (Flower's alpha / min_partition_size, checked before the cap);
-    `classes_per_client` drives 'shards'; `samples_per_client` caps every client by random subsampling."""
+    `alpha` and `min_partition_size` drive 'dirichlet' (the minimum is checked before the cap);
+    `num_classes_per_partition` drives 'pathological'; `num_shards_per_partition` and `shard_size` drive 'shards';
+    `samples_per_client` caps every client by random subsampling."""
     labels = np.asarray(labels)
-    opts = _Options(samples_per_client, alpha, min_samples, classes_per_client)
+    opts = _Options(samples_per_client, alpha, min_partition_size, num_classes_per_partition,
+                    num_shards_per_partition, shard_size)
     _check_arguments(name, len(labels), n_clients, opts)
     parts = PARTITIONERS[name](labels, n_clients, rng, opts)
     return [np.sort(_cap(part, samples_per_client, rng)).astype(np.int64) for part in parts]

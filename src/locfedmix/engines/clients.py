@@ -5,7 +5,7 @@ clients' weights stacked along a client dimension. Both compute the same thing (
 """
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -22,16 +22,21 @@ Batches = dict[int, tuple[torch.Tensor, torch.Tensor]]  # client id -> (x, y) of
 
 @dataclass
 class Smashed:
-    """A step's smashed data: groups of clients whose outputs are stacked [K, b, ...] (singletons in the loop).
+    """A step's smashed data: groups of this process's clients whose outputs are stacked [K, b, ...] (singletons
+    in the loop), and, in a distributed run, the uploads of the clients other ranks own (no graph here).
 
     `groups` hold what is uploaded; where a defence changed it (privacy/defences.py), `raw` holds each group's
     lower-model output, which the client's own local losses use."""
 
     groups: list[tuple[list[int], torch.Tensor]]
+    remote: dict[int, torch.Tensor] = field(default_factory=dict)
     raw: list[torch.Tensor] | None = None
 
     def per_client(self) -> dict[int, torch.Tensor]:
-        return {i: out[k] for ids, out in self.groups for k, i in enumerate(ids)}
+        """Every client's upload in client-id order: the server's batch has the same layout whichever pool, and
+        on whichever rank, produced it (distributed server replicas stay bit-identical)."""
+        mine = {i: out[k] for ids, out in self.groups for k, i in enumerate(ids)}
+        return dict(sorted((mine | self.remote).items()))
 
     def raw_groups(self) -> list[torch.Tensor]:
         return self.raw if self.raw is not None else [out for _, out in self.groups]
@@ -57,9 +62,23 @@ class ClientPool(Protocol):
 
     def identical(self) -> bool: ...
 
+    def owns(self, i: int) -> bool: ...
+
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor: ...
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class InProcess:
+    """A pool holding every client in this process: it owns them all and has nothing to reduce across ranks."""
+
+    def owns(self, i: int) -> bool:
+        return True
+
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values
 
 
 @dataclass
@@ -69,7 +88,7 @@ class LoopClient:
     optimizer: torch.optim.Optimizer
 
 
-class LoopClients:
+class LoopClients(InProcess):
     """One module set and one optimizer per client, run one after another."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig):
@@ -111,6 +130,16 @@ class LoopClients:
 
     def copy_lower(self, source: int, target: int) -> None:
         self.clients[target].lower.load_state_dict(self.clients[source].lower.state_dict())
+
+    def set_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        self.clients[i].lower.load_state_dict(state)
+
+    def assign(self, lower: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> None:
+        """Every client takes these weights (the broadcast half of a FedAvg computed elsewhere)."""
+        for client in self.clients:
+            client.lower.load_state_dict(lower)
+            if head is not None:
+                client.head.load_state_dict(head)
 
     def average(self, weights: list[float], heads: bool) -> None:
         federated_average([c.lower for c in self.clients], weights)

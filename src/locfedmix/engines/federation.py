@@ -14,6 +14,8 @@ from locfedmix.config import Config
 from locfedmix.algorithms.parts import Parallel
 from locfedmix.config import EngineKind
 from locfedmix.engines.clients import ClientPool, LoopClients
+from locfedmix.engines.distributed import Shard
+from locfedmix.engines.sharded import ShardedClients
 from locfedmix.engines.state import Server, build_client_head, build_server
 from locfedmix.engines.step import train_step
 from locfedmix.engines.vectorized import StackedClients
@@ -65,10 +67,11 @@ class Federation:
 
 def build_federation(
     config: Config, algo: Algorithm, input_shape: tuple[int, int, int], n_classes: int, sizes: list[int],
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = torch.device("cpu"), shard: Shard | None = None,
 ) -> Federation:
     """All clients share one seeded initial lower model (and head); the server starts from the matching upper.
-    The models are initialised on the CPU and then moved, so every device starts from the same weights."""
+    The models are initialised on the CPU and then moved, so every device starts from the same weights. With a
+    shard (a distributed run), this rank holds only its own clients."""
     with seeded_torch(config.seed, "init"):
         model = build_split_model(config.model, input_shape, n_classes, config.cut or None)
         head = build_client_head(algo, model, input_shape, n_classes)
@@ -76,7 +79,12 @@ def build_federation(
     for module in (model.lower, model.upper, head):
         if module is not None:
             module.to(device)
-    clients = build_pool(config, algo, model.lower, head, min(config.batch_size, int(np.median(sizes))))
+    typical_batch = min(config.batch_size, int(np.median(sizes)))
+    if shard is None:
+        clients = build_pool(config, algo, model.lower, head, typical_batch, config.n_clients)
+    else:
+        local = build_pool(config, algo, model.lower, head, typical_batch, shard.size)
+        clients = ShardedClients(local, shard, model.cut_shape, device)
     server = build_server(algo, model, config.n_clients, config.server_optimizer)
     ledger = Ledger(config.latency.label_bytes)
     profile = config.latency.resolved_profile()
@@ -93,7 +101,7 @@ STACKED_MAX_BATCH = 2
 
 
 def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: torch.nn.Module | None,
-               typical_batch: int) -> ClientPool:
+               typical_batch: int, n: int) -> ClientPool:
     """The stacked pool where many clients step together with tiny batches (any batch on a GPU), the loop
     otherwise, unless the config forces one."""
     kind = config.engine.kind
@@ -103,8 +111,8 @@ def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: to
         stack = parallel and (on_gpu or typical_batch <= STACKED_MAX_BATCH)
         kind = EngineKind.VECTORIZED if stack else EngineKind.LOOP
     if kind is EngineKind.VECTORIZED:
-        return StackedClients(lower, head, config.n_clients, config.client_optimizer, config.engine.chunk_clients)
-    return LoopClients(lower, head, config.n_clients, config.client_optimizer)
+        return StackedClients(lower, head, n, config.client_optimizer, config.engine.chunk_clients)
+    return LoopClients(lower, head, n, config.client_optimizer)
 
 
 def hand_off(fed: Federation, to: int) -> None:

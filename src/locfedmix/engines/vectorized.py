@@ -10,7 +10,7 @@ from torch.func import functional_call, vmap
 from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective
 from locfedmix.config import OptimizerConfig
-from locfedmix.engines.clients import Batches, Smashed
+from locfedmix.engines.clients import Batches, InProcess, Smashed
 from locfedmix.engines.stacked_optim import StackedOptimizer
 
 
@@ -61,6 +61,12 @@ class StackedModule:
                 t.copy_((t * w).sum(0, keepdim=True).expand_as(t))
 
     @torch.no_grad()
+    def set_rows(self, state: dict[str, torch.Tensor], row: int | None = None) -> None:
+        """Client `row` (every client when None) takes the weights in `state` (a single module's state dict)."""
+        for k, t in self.tensors().items():
+            (t if row is None else t[row]).copy_(state[k])
+
+    @torch.no_grad()
     def copy_row(self, source: int, target: int) -> None:
         for t in self.tensors().values():
             t[target] = t[source]
@@ -69,7 +75,7 @@ class StackedModule:
         return all(bool((t == t[:1]).all()) for t in self.tensors().values())
 
 
-class StackedClients:
+class StackedClients(InProcess):
     """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int):
@@ -131,6 +137,15 @@ class StackedClients:
 
     def copy_lower(self, source: int, target: int) -> None:
         self.lowers.copy_row(source, target)
+
+    def set_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        self.lowers.set_rows(state, i)
+
+    def assign(self, lower: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> None:
+        """Every client takes these weights (the broadcast half of a FedAvg computed elsewhere)."""
+        self.lowers.set_rows(lower)
+        if head is not None:
+            self.heads.set_rows(head)
 
     def average(self, weights: list[float], heads: bool) -> None:
         self.lowers.average(weights)

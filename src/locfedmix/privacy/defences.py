@@ -69,6 +69,8 @@ class Defence:
         loop and the stacked pool, which group clients differently, send identical tensors."""
         if not self.changes_uploads:
             return smashed
+        if smashed.remote:  # config validation keeps defences out of distributed runs; this keeps it honest
+            raise ValueError("defences on uploads run in one process; other ranks' uploads arrived undefended")
         groups = []
         for ids, out in smashed.groups:
             sent = clip_per_sample(out, self.clip, batch_dims=2)

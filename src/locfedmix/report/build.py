@@ -1,0 +1,80 @@
+"""`locfedmix report`: run directories → one folder with report.md, its PNG plots and a table of results.
+
+The report holds no timestamps, so the same runs give the same report.md."""
+
+from pathlib import Path
+from typing import Any
+
+from locfedmix.errors import UserError
+from locfedmix.report.plots import accuracy_curves, partition_heatmap
+from locfedmix.report.runs import Run, file_stem, find_runs
+
+TABLE_HEADER = ("run", "algorithm", "rounds", "final test acc", "best test acc", "MB up", "MB down", "MB total",
+                "time to target (simulated)")
+
+# (file, x axis, title) of the curves every report draws
+CURVES = [
+    ("accuracy-vs-round.png", "round", "Test accuracy per round"),
+    ("accuracy-vs-simulated-seconds.png", "simulated_seconds", "Test accuracy against simulated time"),
+    ("accuracy-vs-megabytes.png", "megabytes", "Test accuracy against bytes sent (up + down)"),
+]
+
+
+def _time_to_target(target: dict[str, Any]) -> str:
+    if not target["reached"]:
+        return f"not reached ({target['target_accuracy']:.0%})"
+    return f"{target['simulated_seconds']:.1f} s to {target['target_accuracy']:.0%} (round {target['round']})"
+
+
+def table_row(run: Run) -> tuple[str, ...]:
+    """The final row of metrics.csv, its bytes, and the time to target from summary.json."""
+    final = run.rows[-1]
+    best = max(row["test_accuracy"] for row in run.rows)
+    up, down = final["bytes_up"] / 1e6, final["bytes_down"] / 1e6
+    return (run.name, run.algorithm, str(int(final["round"])), f"{final['test_accuracy']:.4f}", f"{best:.4f}",
+            f"{up:.2f}", f"{down:.2f}", f"{up + down:.2f}", _time_to_target(run.summary["time_to_target"]))
+
+
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """The first two columns left-aligned, the numbers right-aligned."""
+    rule = "|" + "|".join("---" if k < 2 else "---:" for k in range(len(header))) + "|"
+    return "\n".join(["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def partition_section(runs: list[Run], out: Path) -> list[str]:
+    """One heatmap per distinct partition (runs of one sweep usually share theirs), saying which runs use it."""
+    shared: dict[str, list[Run]] = {}
+    for run in runs:
+        shared.setdefault(repr(run.summary["label_histograms"]), []).append(run)
+    lines = ["## Partitions", "", "Samples of each class held by each client (rows: clients, columns: classes).", ""]
+    for group in shared.values():
+        histograms = group[0].summary["label_histograms"]
+        png = f"partition-{file_stem(group[0].name)}.png"
+        names = ", ".join(f"`{run.name}`" for run in group)
+        partition_heatmap(histograms, out / png)
+        sizes = [sum(h) for h in histograms]
+        lines += [f"Used by {names}: {min(sizes)}–{max(sizes)} samples per client.", "", f"![partition]({png})", ""]
+    return lines
+
+
+def write_report(directories: list[str | Path], out: str | Path | None = None) -> Path:
+    """Read every run in `directories` (run directories or folders holding them) and write report.md with its plots
+    into `out` (default: a `report` folder in the first directory); return report.md's path."""
+    runs = find_runs(directories)
+    out = Path(out) if out is not None else Path(directories[0]) / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"report folder '{out}' cannot be created: {err.strerror}") from None
+    groups = {run.name: [run.rows] for run in runs}
+    lines = ["# locfedmix report", "", f"{len(runs)} runs from {', '.join(f'`{d}`' for d in directories)}.", "",
+             "## Results", "", markdown_table(TABLE_HEADER, [table_row(run) for run in runs]), "",
+             "Final and best test accuracy from metrics.csv; bytes are cumulative over the run; the time to target "
+             "is simulated (the run's `[latency]` profile and `target_accuracy`).", "", "## Curves", ""]
+    for png, x, title in CURVES:
+        accuracy_curves(groups, x, out / png, title)
+        lines += [f"![{title}]({png})", ""]
+    lines += partition_section(runs, out)
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -1,5 +1,6 @@
 """The reproduction grid is valid cell by cell, and its report is built from finished run directories."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -66,3 +67,25 @@ def test_reliability_report_counts_the_suite_and_sweeps_faults(tmp_path, monkeyp
     up = {(r["fraction"], r["dropout"]): r["mb_up"] for r in rows}
     assert up[1.0, 0.5] <= up[1.0, 0.0] and up[0.5, 0.0] < up[1.0, 0.0]
     assert json.loads((tmp_path / "reliability.json").read_text())["sweep"] == rows
+
+
+def test_privacy_report_is_built_from_finished_cells(tmp_path, monkeypatch):
+    """benchmarks/privacy.py end to end on a tiny synthetic grid: cells run, then table, CSV, JSON and pictures."""
+    import privacy
+
+    monkeypatch.setattr(privacy, "RESULTS", tmp_path)
+    monkeypatch.setattr(privacy, "CELLS_DIR", tmp_path / "privacy")
+    tiny = {"dataset": "synthetic", "n_clients": 2, "samples_per_client": 20, "rounds": 1, "batch_size": 10,
+            "leakage": {"enabled": True, "aux_samples": 50, "samples_per_client": 8, "attack_epochs": 1}}
+    monkeypatch.setattr(privacy, "SETTINGS", {**privacy.SETTINGS, **tiny})
+    monkeypatch.setattr(privacy, "DEFENDED", [("psl", "noise0.05")])
+    monkeypatch.setattr(privacy, "cells", lambda: [("psl", "psl", "none"), ("psl+noise0.05", "psl", "noise0.05")])
+    for cell in privacy.cells():
+        privacy.run_cell(*cell)
+    text = privacy.write_report([privacy.load(*cell) for cell in privacy.cells()])
+    assert "| psl | none |" in text and "| psl+noise0.05 | clip C = 5, noise σ = 0.05 (std 0.25) |" in text
+    assert "`psl+noise0.05` against `psl`" in text and "Undefended, the attack" in text
+    rows = list(csv.DictReader((tmp_path / "privacy.csv").open()))
+    assert [r["cell"] for r in rows] == ["psl", "psl+noise0.05"]
+    assert (tmp_path / "privacy-reconstructions.png").stat().st_size > 0
+    assert (tmp_path / "privacy-tradeoff.png").stat().st_size > 0

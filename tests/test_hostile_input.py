@@ -72,11 +72,17 @@ def mutations():
         outside_unit.map(lambda f: {"latency": {"target_accuracy": f}}),
         st.floats(max_value=0, allow_nan=False).map(lambda f: {"client_optimizer": {"lr": f}}),
         participation(),
+        st.floats(max_value=-1e-6).map(lambda f: {"privacy": {"clip": 1.0, "noise_multiplier": f}}),
+        st.floats(min_value=1e-6).map(lambda f: {"privacy": {"noise_multiplier": f}}),  # noise without a clip
+        st.floats(max_value=0).map(lambda f: {"privacy": {"clip": f}}),
+        st.sampled_from([float("inf"), float("nan")]).map(lambda f: {"privacy": {"clip": 1.0, "nopeek": f}}),
+        st.integers(min_value=2001, max_value=10**6).map(lambda n: {"leakage": {"enabled": True, "aux_samples": n}}),
         st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda k: k not in {*VALID, "cut", "checkpoint_every",
                                                                                    "client_optimizer", "data", "algo",
                                                                                    "eval", "latency", "engine", "sweep",
-                                                                                   "server_optimizer", "log",
-                                                                                   "participation"})
+                                                                                   "server_optimizer", "log", "privacy",
+                                                                                   "participation",
+                                                                                   "leakage"})
         .map(lambda k: {k: 1}),
     )
 

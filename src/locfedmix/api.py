@@ -19,6 +19,7 @@ from locfedmix.errors import UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
+from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
 from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
 
@@ -29,6 +30,7 @@ class FederatedData:
     client_indices: list[np.ndarray]  # indices into dataset.x_train
     val_indices: np.ndarray  # into dataset.x_train, shuffled (evaluation shards must be random)
     test_order: np.ndarray  # a shuffled order of the test set
+    aux_indices: np.ndarray  # into dataset.x_train: the leakage attacker's own data (empty unless leakage is on)
 
     def histograms(self) -> list[list[int]]:
         labels = self.dataset.y_train.cpu().numpy()
@@ -47,8 +49,10 @@ def federate(config: Config) -> FederatedData:
                                           "num_shards_per_partition", "shard_size"}),
     )
     shuffle = numpy_generator(config.seed, "evaluation-order")
-    return FederatedData(dataset, [train[p] for p in parts], shuffle.permutation(val),
-                         shuffle.permutation(len(dataset.y_test)))
+    clients = [train[p] for p in parts]
+    aux = (auxiliary_split(len(labels), clients, config.leakage.aux_samples, numpy_generator(config.seed, "auxiliary"))
+           if config.leakage.enabled else np.empty(0, np.int64))
+    return FederatedData(dataset, clients, shuffle.permutation(val), shuffle.permutation(len(dataset.y_test)), aux)
 
 
 def peak_memory_mb() -> float:
@@ -73,8 +77,10 @@ def evaluate_row(fed: Federation, data: FederatedData, config: Config, round_ind
     ds, batch = data.dataset, config.eval.batch_size
     val_loss = val_acc = float("nan")
     if len(data.val_indices):
-        val_loss, val_acc = evaluate_federation(fed, ds.x_train[data.val_indices], ds.y_train[data.val_indices], batch)
-    test_loss, test_acc = evaluate_federation(fed, ds.x_test[data.test_order], ds.y_test[data.test_order], batch)
+        val_loss, val_acc = evaluate_federation(fed, ds.x_train[data.val_indices], ds.y_train[data.val_indices], batch,
+                                                "validation")
+    test_loss, test_acc = evaluate_federation(fed, ds.x_test[data.test_order], ds.y_test[data.test_order], batch,
+                                              "test")
     return dict(round=round_index, step=fed.step, algorithm=config.algorithm, n_clients=config.n_clients,
                 train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, test_loss=test_loss,
                 test_accuracy=test_acc, bytes_up=fed.ledger.total(Direction.UP),
@@ -96,13 +102,36 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
     }
 
 
+def measure_leakage(probe: LeakageProbe, round_index: int, run_dir: RunDirectory | None) -> dict[str, Any]:
+    """The round's leakage numbers; the reconstructions kept for pictures go to the run directory at once."""
+    measurement = probe.measure(round_index)
+    if run_dir:
+        run_dir.write_examples(measurement.examples)
+    return measurement.metrics
+
+
+def privacy_summary(fed: Federation, config: Config, leaks: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's privacy entries, present only where a defence or the leakage measurement is on."""
+    out: dict[str, Any] = {}
+    if fed.defence.active:
+        out["privacy"] = fed.defence.summary()
+    if leaks:
+        settings = config.leakage.model_dump(exclude={"enabled", "every_round", "examples"})
+        out["leakage"] = {"threat_model": THREAT_MODEL, "settings": settings, "final": leaks[-1],
+                          **({"rounds": leaks} if config.leakage.every_round else {})}
+    return out
+
+
 def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
                  state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
     """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
-    flushed, to the run directory's logs) and, if `checkpoints`, checkpointing every `checkpoint_every` rounds;
-    `state` (round, rows, train_seconds) is updated in place and is exactly what a checkpoint holds besides the
-    federation. In a distributed run every rank gathers the checkpoint; only rank 0 has `run_dir` and writes."""
+    flushed, to the run directory's logs), probing leakage when `[leakage]` says so and, if `checkpoints`,
+    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage) is updated in place
+    and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
+    checkpoint; only rank 0 has `run_dir` and writes."""
     ds = data.dataset
+    probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
+             if config.leakage.enabled else None)
     execute = data_step(ds.x_train, ds.y_train)
     per_round = steps_per_round(fed, data.client_indices, config.batch_size)
     with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
@@ -118,6 +147,8 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
                 if run_dir:
                     run_dir.append(state["rows"][-1])
                 bar.set_postfix(test_acc=f"{state['rows'][-1]['test_accuracy']:.3f}")
+            if probe and (config.leakage.every_round or r == config.rounds):
+                state["leakage"].append(measure_leakage(probe, r, run_dir))
             if checkpoints and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
                 checkpoint = {**state, "federation": fed.state_dict()}
                 if run_dir:
@@ -129,7 +160,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
     events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
-    run."""
+    run. With leakage on, the smashed data are probed after the last round (or every round)."""
     if config.log.tensorboard and out is None:
         raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
@@ -140,16 +171,17 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
                            [len(i) for i in data.client_indices], device, shard)
     run_dir = _open_run(out, config, overwrite, resume)
     checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
-    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0}
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": []}
     if checkpoint is not None:
         restore_federation(fed, checkpoint, run_dir.checkpoint)
-        state = {key: checkpoint[key] for key in state}
+        state = {key: checkpoint.get(key, default) for key, default in state.items()}
     writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
     try:
         if writer:
             writer.begin(checkpoint, resume)
         train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
+        summary |= privacy_summary(fed, config, state["leakage"])
         if writer:
             writer.finish(summary)
     finally:

@@ -140,6 +140,44 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and after the last)")
 
 
+class PrivacyConfig(_Section):
+    """Client-side defences of the smashed data (privacy/defences.py, docs/privacy.md); all off by default."""
+
+    clip: float | None = Field(None, gt=0, allow_inf_nan=False,
+                               description="per-sample L2 bound C on the smashed data before upload")
+    noise_multiplier: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                    description="σ: Gaussian noise of std σ·C added after clipping")
+    nopeek: float = Field(0.0, ge=0, allow_inf_nan=False,
+                          description="α: weight of NoPeek's dCor(x, s) in the client's local loss")
+
+    @model_validator(mode="after")
+    def _noise_needs_clip(self) -> "PrivacyConfig":
+        if self.noise_multiplier > 0 and self.clip is None:
+            raise ValueError(f"noise_multiplier={self.noise_multiplier} needs clip "
+                             f"(the noise std is multiplier × clip)")
+        return self
+
+
+class LeakageConfig(_Section):
+    """What the smashed data reveal (privacy/leakage.py): dCor(x, s) and a model-inversion attack by the server,
+    measured after the last round (and after every evaluated round with every_round). Off by default."""
+
+    enabled: bool = False
+    every_round: bool = False
+    aux_samples: int = Field(1000, ge=1, description="the attacker's own data, outside every client's share")
+    samples_per_client: int = Field(100, ge=4, description="client samples scored per client (dCor, attack)")
+    attack_epochs: int = Field(10, ge=1)
+    attack_batch_size: int = Field(64, ge=1)
+    attack_lr: float = Field(1e-3, gt=0)
+    examples: int = Field(8, ge=0, description="reconstructions kept for pictures (reconstructions.npz)")
+
+    @model_validator(mode="after")
+    def _every_round_needs_enabled(self) -> "LeakageConfig":
+        if self.every_round and not self.enabled:
+            raise ValueError("every_round needs enabled = true")
+        return self
+
+
 def _registries() -> dict[str, tuple[str, list[str]]]:
     """Config field → (what it names, the registered names); imported late so that loading a config stays cheap."""
     from locfedmix.data.datasets import DATASETS
@@ -175,6 +213,8 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     log: LogConfig = LogConfig()
     participation: ParticipationConfig = ParticipationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    leakage: LeakageConfig = LeakageConfig()
 
     @field_validator("algorithm", "dataset", "partition", "model")
     @classmethod
@@ -193,6 +233,10 @@ class Config(_Section):
                 f"cut={self.cut} is outside model '{self.model}' ({n_blocks(self.model)} blocks); "
                 f"choose a cut in 1..{n_blocks(self.model) - 1} (0 = default)"
             )
+        if self.privacy.nopeek and self.batch_size < 2:
+            raise ValueError("privacy.nopeek needs batch_size >= 2 (the distance correlation of one sample is 0)")
+        if self.engine.distributed and (self.leakage.enabled or self.privacy.clip is not None or self.privacy.nopeek):
+            raise ValueError("[privacy] defences and [leakage] run in one process so far; set engine.distributed=false")
         if self.algo.partners is not None and self.algo.partners > self.n_clients - 1:
             raise ValueError(f"algo.partners={self.algo.partners} needs at least {self.algo.partners + 1} clients")
         try:

@@ -1,6 +1,7 @@
 """Evaluation of the composed model (lower ∘ upper) as the algorithm would deploy it."""
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -12,13 +13,16 @@ from locfedmix.engines.federation import Federation
 
 
 @torch.no_grad()
-def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean CE and accuracy (a fraction) of upper(lower(x)) in eval mode; restores the modules' training mode."""
+def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             upload: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """Mean CE and accuracy (a fraction) of upper(lower(x)) in eval mode, with the client's defence (`upload`)
+    applied to the smashed data where one is configured; restores the modules' training mode."""
     modes = lower.training, upper.training
     lower.eval(), upper.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        logits = upper(lower(x[start:start + batch_size]))
+        smashed = lower(x[start:start + batch_size])
+        logits = upper(upload(smashed) if upload is not None else smashed)
         target = y[start:start + batch_size]
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(1) == target).sum())
@@ -67,17 +71,20 @@ def shard_bounds(weights: list[float], n: int) -> list[int]:
     return [int(round(c * n)) for c in cumulative]
 
 
-def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                        purpose: str = "evaluation") -> tuple[float, float]:
     """(loss, accuracy) of the deployed models. Where clients hold different models, client i is scored on its own
     shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
-    pass instead of N. In a distributed run each rank scores the clients it owns and the sums are all-reduced."""
+    pass instead of N. In a distributed run each rank scores the clients it owns and the sums are all-reduced. A
+    defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
     pairs = deployed_models(fed)
+    upload = fed.defence.inference(purpose, fed.step)
     bounds = shard_bounds([w for *_, w in pairs], len(y))
     sums = torch.zeros(2, dtype=torch.float64, device=x.device)  # Σ loss, Σ correct
     for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
         if stop > start and fed.clients.owns(i):
             lower = deployed_lower(fed, i, state)
-            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size)
+            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size, upload)
             sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=x.device) * (stop - start)
     loss, correct = fed.clients.reduce_sum(sums).tolist()
     return loss / len(y), correct / len(y)

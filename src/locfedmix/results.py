@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import tomli_w
 import torch
 
@@ -76,6 +77,7 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoint.unlink(missing_ok=True)
         shutil.rmtree(self.path / "tensorboard", ignore_errors=True)  # an overwritten run's curves would mix in
+        (self.path / "reconstructions.npz").unlink(missing_ok=True)  # an overwritten run's leakage pictures too
         _atomic_write(self.path / "config.toml", self._config_toml())
         self.rewrite_metrics([])
         self.events.reset()
@@ -138,6 +140,12 @@ class RunDirectory:
             raise UserError(f"checkpoint '{self.checkpoint}' cannot be read: {type(err).__name__}") from None
         _check_layout(state, self.checkpoint)
         return state
+
+    def write_examples(self, arrays: dict[str, np.ndarray]) -> None:
+        """The leakage attack's example reconstructions (uint8 originals and reconstructions), replaced atomically."""
+        tmp = self.path / "reconstructions.tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, self.path / "reconstructions.npz")
 
     def finish(self, summary: dict[str, Any]) -> None:
         final = summary["final"]

@@ -15,6 +15,7 @@ from locfedmix.algorithms.parts import (
     ServerGradient,
 )
 from locfedmix.models import build_aux_classifier, build_decoder
+from locfedmix.privacy.dcor import distance_correlation
 
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -74,3 +75,16 @@ def local_loss(
             to_lower = 0.0 if source is GradientSource.SERVER_ONLY else gamma
             return reconstruction_loss(kind, head(scale_gradient(smashed, to_lower)), x)
     raise TypeError(f"unknown client objective {objective!r}")
+
+
+def client_loss(
+    objective: ClientObjective, head: Callable[[torch.Tensor], torch.Tensor] | None, smashed: torch.Tensor,
+    x: torch.Tensor, y: torch.Tensor, nopeek: float = 0.0,
+) -> torch.Tensor | None:
+    """Everything the client back-propagates from its own side: the objective's local loss plus, with NoPeek
+    (Vepakomma et al. 2020), α·dCor(x, s) of its raw smashed data. With α = 0 it is exactly `local_loss`."""
+    loss = local_loss(objective, head, smashed, x, y)
+    if not nopeek:
+        return loss
+    leak = nopeek * distance_correlation(x, smashed)
+    return leak if loss is None else loss + leak

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from locfedmix.algorithms.fedavg import federated_average
-from locfedmix.algorithms.objectives import local_loss
+from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective
 from locfedmix.config import OptimizerConfig
 from locfedmix.engines.state import build_optimizer
@@ -23,16 +23,26 @@ Batches = dict[int, tuple[torch.Tensor, torch.Tensor]]  # client id -> (x, y) of
 @dataclass
 class Smashed:
     """A step's smashed data: groups of this process's clients whose outputs are stacked [K, b, ...] (singletons
-    in the loop), and, in a distributed run, the uploads of the clients other ranks own (no graph here)."""
+    in the loop), and, in a distributed run, the uploads of the clients other ranks own (no graph here).
+
+    `groups` hold what is uploaded; where a defence changed it (privacy/defences.py), `raw` holds each group's
+    lower-model output, which the client's own local losses use."""
 
     groups: list[tuple[list[int], torch.Tensor]]
     remote: dict[int, torch.Tensor] = field(default_factory=dict)
+    raw: list[torch.Tensor] | None = None
 
     def per_client(self) -> dict[int, torch.Tensor]:
         """Every client's upload in client-id order: the server's batch has the same layout whichever pool, and
         on whichever rank, produced it (distributed server replicas stay bit-identical)."""
         mine = {i: out[k] for ids, out in self.groups for k, i in enumerate(ids)}
         return dict(sorted((mine | self.remote).items()))
+
+    def raw_groups(self) -> list[torch.Tensor]:
+        return self.raw if self.raw is not None else [out for _, out in self.groups]
+
+    def raw_per_client(self) -> dict[int, torch.Tensor]:
+        return {i: out[k] for (ids, _), out in zip(self.groups, self.raw_groups()) for k, i in enumerate(ids)}
 
 
 class ClientPool(Protocol):
@@ -42,7 +52,7 @@ class ClientPool(Protocol):
     def forward(self, batches: Batches) -> Smashed: ...
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
-                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None: ...
+                          cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None: ...
 
     def lower(self, i: int) -> nn.Module: ...
 
@@ -99,8 +109,10 @@ class LoopClients(InProcess):
         return Smashed([([i], self.clients[i].lower(x).unsqueeze(0)) for i, (x, _) in sorted(batches.items())])
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
-                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None:
-        """Back-propagate each client's cut gradient (if any) and local objective (if any), then step."""
+                          cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:
+        """Back-propagate each client's cut gradient (if any) into what it uploaded and its local loss (if any) from
+        its raw smashed data, then step."""
+        raw = smashed.raw_per_client()
         for i, s in smashed.per_client().items():
             client = self.clients[i]
             client.optimizer.zero_grad(set_to_none=True)
@@ -108,7 +120,7 @@ class LoopClients(InProcess):
             if i in cut_grads:
                 roots.append(s)
                 grads.append(cut_grads[i])
-            local = local_loss(objective, client.head, s, *batches[i])
+            local = client_loss(objective, client.head, raw[i], *batches[i], nopeek)
             if local is not None:
                 roots.append(local)
                 grads.append(torch.ones_like(local))

@@ -25,6 +25,7 @@ from locfedmix.latency.flops import SampleFlops, count_flops
 from locfedmix.latency.ledger import Direction, Kind, Ledger, module_bytes
 from locfedmix.latency.model import Clock, Profile, step_phases, upload_arrivals
 from locfedmix.models import build_split_model
+from locfedmix.privacy.defences import Defence
 from locfedmix.rng import numpy_generator, seeded_torch
 
 
@@ -43,6 +44,7 @@ class Federation:
     smashed_sample_bytes: int  # what one sample's smashed data cost on the wire
     participation: Participation
     clock: Clock = field(default_factory=Clock)
+    defence: Defence = field(default_factory=Defence)  # [privacy]: every defence off unless configured
     step: int = 0
     holder: int | None = None  # sequential SL: the client holding the current lower model (None: the server)
     relay_model: dict | None = None  # sequential SL: the lower weights the server last received
@@ -96,8 +98,9 @@ def build_federation(
     model_bytes = {Kind.LOWER: module_bytes(model.lower), Kind.HEAD: module_bytes(head) if head is not None else 0}
     smashed = math.prod(model.cut_shape) * next(model.lower.parameters()).element_size()
     participation = Participation.from_config(config.participation, config.n_clients, config.seed)
+    defence = Defence(config.privacy.clip, config.privacy.noise_multiplier, config.privacy.nopeek, config.seed)
     return Federation(algo, clients, server, sizes, config.seed, ledger, flops, profile, model.cut_shape, model_bytes,
-                      smashed, participation)
+                      smashed, participation, defence=defence)
 
 
 # On the CPU, per-client batches up to this size run faster stacked than looped (measured on 2 cores: at 100 clients
@@ -130,7 +133,8 @@ def data_step(x: torch.Tensor, y: torch.Tensor) -> StepExecutor:
     def execute(fed: Federation, plan: StepPlan) -> float:
         batches = {i: (x[idx], y[idx]) for i, idx in plan.items()}
         mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
-        return train_step(fed.algo, fed.clients, fed.server, batches, fed.weights(plan), mix_rng, fed.ledger)
+        return train_step(fed.algo, fed.clients, fed.server, batches, fed.weights(plan), mix_rng, fed.ledger,
+                          fed.defence, fed.step)
 
     return execute
 

@@ -45,9 +45,9 @@ class ShardedClients:
         return remote
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
-                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None:
-        local = Smashed([([i - self.shard.start for i in ids], out) for ids, out in smashed.groups])
-        self.local.backward_and_step(objective, local, self._mine(cut_grads), self._mine(batches))
+                          cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:
+        local = Smashed([([i - self.shard.start for i in ids], out) for ids, out in smashed.groups], raw=smashed.raw)
+        self.local.backward_and_step(objective, local, self._mine(cut_grads), self._mine(batches), nopeek)
 
     def owns(self, i: int) -> bool:
         return self.shard.owns(i)

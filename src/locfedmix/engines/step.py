@@ -1,7 +1,8 @@
 """One training step, shared by every algorithm: the paper's Fig. 7 flow, read top to bottom.
 
-clients forward → uploads → server loss (+ SmashMix) → server update → (GradMix) → cut gradients down →
-client backward (+ local objective) → client optimizer steps. A sequential schedule is the same step with one client.
+clients forward → (defence) → uploads → server loss (+ SmashMix) → server update → (GradMix) → cut gradients down →
+client backward (+ local objective, + NoPeek) → client optimizer steps. A sequential schedule is the same step with
+one client.
 """
 
 import math
@@ -19,6 +20,7 @@ from locfedmix.engines.clients import Batches, ClientPool, Smashed
 from locfedmix.engines.state import Server
 from locfedmix.errors import NumericalError
 from locfedmix.latency.ledger import Direction, Kind, Ledger
+from locfedmix.privacy.defences import Defence
 
 
 def train_step(
@@ -29,10 +31,13 @@ def train_step(
     weights: dict[int, float],
     mix_rng: np.random.Generator,
     ledger: Ledger,
+    defence: Defence = Defence(),
+    step: int = 0,
 ) -> float:
-    """Run one step for the participating clients (`batches`, with data-size weights δ_i); return Σ δ_i L_i."""
+    """Run one step for the participating clients (`batches`, with data-size weights δ_i); return Σ δ_i L_i.
+    `step` keys the defence's noise draws."""
     send_down = receives_server_gradient(algo.objective)
-    smashed = clients.forward(batches)
+    smashed = defence.protect(clients.forward(batches), step)
     uploads = {i: s.detach().requires_grad_(send_down) for i, s in smashed.per_client().items()}
     labels = {i: y for i, (_, y) in batches.items()}
     loss, cut_grads = server_step(algo, server, uploads, labels, weights, mix_rng)
@@ -40,7 +45,7 @@ def train_step(
     if algo.gradient_mixer is not None and cut_grads:
         cut_grads = mix_gradients(cut_grads, weights, algo.gradient_mixer, mix_rng)
     record_step(ledger, uploads, labels, cut_grads)
-    clients.backward_and_step(algo.objective, smashed, cut_grads, batches)
+    clients.backward_and_step(algo.objective, smashed, cut_grads, batches, defence.nopeek)
     return loss
 
 

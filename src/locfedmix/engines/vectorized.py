@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from locfedmix.algorithms.objectives import local_loss
+from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective
 from locfedmix.config import OptimizerConfig
 from locfedmix.engines.clients import Batches, InProcess, Smashed
@@ -93,29 +93,30 @@ class StackedClients(InProcess):
                         for ids in self._groups(batches)])
 
     def _local_losses(self, objective: ClientObjective, ids: list[int], out: torch.Tensor,
-                      batches: Batches) -> torch.Tensor | None:
+                      batches: Batches, nopeek: float) -> torch.Tensor | None:
         """Σ over the group of each client's local loss (separate weights, so the sum keeps them apart)."""
-        if self.heads is None:
+        if self.heads is None and not nopeek:
             return None
-        params, buffers = self.heads.rows(ids)
-        template = self.heads.template
+        params, buffers = self.heads.rows(ids) if self.heads is not None else ({}, {})
+        template = self.heads.template if self.heads is not None else None
 
         def one_client(p, b, smashed, x, y):
-            return local_loss(objective, lambda s: functional_call(template, (p, b), (s,)), smashed, x, y)
+            head = (lambda s: functional_call(template, (p, b), (s,))) if template is not None else None
+            return client_loss(objective, head, smashed, x, y, nopeek)
 
         x = torch.stack([batches[i][0] for i in ids])
         y = torch.stack([batches[i][1] for i in ids])
         return vmap(one_client, randomness="different")(params, buffers, out, x, y).sum()
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
-                          cut_grads: dict[int, torch.Tensor], batches: Batches) -> None:
+                          cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:
         self.optimizer.zero_grad()
         roots, grads = [], []
-        for ids, out in smashed.groups:
+        for (ids, out), raw in zip(smashed.groups, smashed.raw_groups()):
             if ids[0] in cut_grads:
                 roots.append(out)
                 grads.append(torch.stack([cut_grads[i] for i in ids]))
-            local = self._local_losses(objective, ids, out, batches)
+            local = self._local_losses(objective, ids, raw, batches, nopeek)
             if local is not None:
                 roots.append(local)
                 grads.append(torch.ones_like(local))

@@ -12,6 +12,9 @@ from locfedmix.errors import UserError
 
 
 class ShardedClients:
+    """The ClientPool of one rank: its own clients in `local` (indexed from 0), every other client reached through
+    collectives. Global ids go in and come out, so the step, FedAvg and evaluation code is the one-process code."""
+
     def __init__(self, local: ClientPool, shard: Shard, cut_shape: tuple[int, ...], device: torch.device):
         self.local, self.shard, self.cut_shape, self.device = local, shard, cut_shape, device
         self.n, self.has_head = shard.n, local.has_head

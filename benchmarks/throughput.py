@@ -8,7 +8,8 @@ Each cell runs in its own process (peak memory is per process). Model: the small
 inputs, cut after its two conv blocks; Adam; batch 16 per client; centralized baseline: batch 64.
     python benchmarks/throughput.py --device cuda --engine loop vectorized   # both pools on the GPU
 
-Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md (THROUGHPUT-cuda.md on a GPU).
+Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md (THROUGHPUT-cuda.md on a GPU; --quick
+writes the same names with a -quick suffix).
 """
 
 import argparse
@@ -146,13 +147,14 @@ def main() -> None:
         if any(r["engine"] == rows[-1]["engine"] and r["cell"] == rows[-1]["cell"] for r in rows[:-1]):
             rows.pop()  # `auto` picked a pool measured already
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"throughput_{device}"
+        tag = f"{device}-quick" if args.quick else device  # a quick look never overwrites the full table
+        stem = RESULTS / f"throughput_{tag}"
         with open(f"{stem}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         Path(f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (RESULTS / ("THROUGHPUT.md" if device == "cpu" else f"THROUGHPUT-{device}.md")).write_text(
+        (RESULTS / ("THROUGHPUT.md" if tag == "cpu" else f"THROUGHPUT-{tag}.md")).write_text(
             markdown(rows, device))
     print(markdown(rows, device))
 

@@ -3,10 +3,10 @@ centralized training of the same model measured in the same process (so machine 
 
     python benchmarks/throughput.py                 # the full grid, N ∈ {1, 10, 100, 1000}, k ∈ {16, 1}
     python benchmarks/throughput.py --quick         # N ∈ {10, 100}, k ∈ {16, 1}, psl / sfl / locfedmix
+    python benchmarks/throughput.py --device cuda --engine loop vectorized   # both pools on the GPU
 
 Each cell runs in its own process (peak memory is per process). Model: the small CNN on CIFAR-shaped 3×32×32
 inputs, cut after its two conv blocks; Adam; batch 16 per client; centralized baseline: batch 64.
-    python benchmarks/throughput.py --device cuda --engine loop vectorized   # both pools on the GPU
 
 Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md (THROUGHPUT-cuda.md on a GPU; --quick
 writes the same names with a -quick suffix).

@@ -3,6 +3,7 @@
     python benchmarks/reproduce.py --quick             # a small grid, under 15 minutes on 2 CPU cores
     python benchmarks/reproduce.py                     # the full grid (hours on CPU; run it on a GPU)
     python benchmarks/reproduce.py --only convergence ablations --seeds 3
+    python benchmarks/reproduce.py --only scalability --cells '*-n1' '*-n2'   # a subset of the cells
     python benchmarks/reproduce.py --workers 12 --set engine.device=cuda --set eval.batch_size=1000   # on a GPU
 
 Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
@@ -11,6 +12,7 @@ whose summary.json exists is skipped, so an interrupted grid resumes where it st
 """
 
 import argparse
+import fnmatch
 import itertools
 import multiprocessing
 import os
@@ -51,9 +53,29 @@ def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     grid["noniid-convergence"] = [(k, {**o, "partition": "dirichlet"}) for k, o in grid["convergence"]]
     if not quick:
         grid["noniid-scalability"] = [(k, {**o, "partition": "dirichlet"}) for k, o in grid["scalability"]]
+        grid["readings"] = READINGS
+        grid["small-data"] = [(a, {"algorithm": a, "n_clients": 50, "samples_per_client": 100})
+                              for a in ("sl", "psl", "sfl", "locfedmix")]
     # SGLR's calibration point: an AlexNet-like model with one conv + pool on the client, 5 clients
     grid["calibration"] = [(a, {"algorithm": a, "model": "alexnet", "n_clients": 5}) for a in ("psl", "sfl")]
     return grid
+
+
+# The readings of LocFedMix-SL that paper.md lists as open, each against the default (the `locfedmix` cell of
+# `convergence`), judged on the validation split; a reading that changes every algorithm (the server learning rate,
+# the cut) has its `sfl` counterpart beside it, so that a gain it brings to all is not credited to LocFedMix-SL.
+READINGS = [(label, {"algorithm": "locfedmix", **o}) for label, o in [
+    ("client_grad=local_only", {"algo.client_grad": "local_only"}),
+    ("client_grad=server_only", {"algo.client_grad": "server_only"}),
+    ("mix_extra_step", {"algo.mix_extra_step": True}),
+    ("per_sample_lambda", {"algo.per_sample_lambda": True}),
+    ("partners=all", {"algo.partners": 9}),
+    ("rec_loss=bce", {"algo.rec_loss": "bce"}),
+    ("mix-only", {"algo.loc": False, "algo.fed": False}),
+    ("server_lr=sqrtN", {"algo.server_lr_exponent": 0.5}),
+    ("cut=1", {"cut": 1}),
+]] + [("sfl server_lr=sqrtN", {"algorithm": "sfl", "algo.server_lr_exponent": 0.5}),
+      ("sfl cut=1", {"algorithm": "sfl", "cut": 1})]
 
 
 # In --quick mode only these experiments run more than one seed (the rest show the shape of the result).
@@ -72,6 +94,11 @@ def cell_config(overrides: dict[str, Any], seed: int, rounds: int, settings: lis
     return validate(tree)
 
 
+def cell_cost(config) -> float:
+    """Relative cost of a cell: samples per round, doubled for LocFedMix-SL's decoders."""
+    return config.n_clients * (config.samples_per_client or 6000) * (2 if config.algorithm == "locfedmix" else 1)
+
+
 def run_cell(out: Path, config, threads: int | None = None) -> None:
     """One run; `threads` caps the worker's intra-op threads so that parallel workers do not oversubscribe the
     cores (14 workers × 16 threads each left an H200 mostly idle)."""
@@ -84,9 +111,10 @@ def run_grid(grid_dir: Path, cells: list[tuple[str, str, dict]], seeds: dict[str
              settings: list[str], workers: int) -> None:
     """Every unfinished (cell, seed), seed 0 of every cell first so that a grid cut short has the widest coverage;
     with `workers` > 1 in that many processes (spawned: CUDA cannot be forked)."""
-    todo = [(grid_dir / e / label / f"seed{s}", cell_config(o, s, rounds, settings))
+    todo = [(s, grid_dir / e / label / f"seed{s}", cell_config(o, s, rounds, settings))
             for s in range(max(seeds.values(), default=0)) for e, label, o in cells if s < seeds[e]]
-    todo = [(out, config) for out, config in todo if not (out / "summary.json").exists()]
+    todo.sort(key=lambda item: (item[0], -cell_cost(item[2])))  # longest first within a seed: workers end together
+    todo = [(out, config) for _, out, config in todo if not (out / "summary.json").exists()]
     if workers == 1:
         for out, config in tqdm(todo, desc="cells"):
             run_cell(out, config)
@@ -102,27 +130,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid: fewer clients, rounds and seeds")
     parser.add_argument("--only", nargs="+", help="experiments to run (default: all)")
+    parser.add_argument("--cells", nargs="+", metavar="GLOB", help="only cells whose label matches, e.g. '*-n5'")
     parser.add_argument("--seeds", type=int, help="seeds per cell (default 3; quick: 2 for convergence and ablations, 1 else)")
     parser.add_argument("--rounds", type=int, help="rounds per run (default 20; quick 3)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every cell, e.g. engine.device=cuda (repeatable)")
+    parser.add_argument("--out", type=Path, help="grid and report here instead of benchmarks/results (trials)")
     parser.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
     args = parser.parse_args()
     grid_name = "quick" if args.quick else "full"
-    grid_dir = RESULTS / "reproduction" / grid_name
+    grid_dir = args.out / grid_name if args.out else RESULTS / "reproduction" / grid_name
     grid = experiments(args.quick)
     unknown = set(args.only or []) - set(grid)
     if unknown:
         parser.error(f"unknown experiment(s) {sorted(unknown)}; choose from {sorted(grid)}")
     chosen = {k: v for k, v in grid.items() if not args.only or k in args.only}
-    cells = [(e, label, o) for e, entries in chosen.items() for label, o in entries]
+    cells = [(e, label, o) for e, entries in chosen.items() for label, o in entries
+             if not args.cells or any(fnmatch.fnmatchcase(label, pattern) for pattern in args.cells)]
     seeds = {e: args.seeds or (3 if not args.quick else 2 if e in QUICK_MULTI_SEED else 1) for e in grid}
     if not args.report_only:
         run_grid(grid_dir, cells, seeds, args.rounds or (3 if args.quick else 20), args.settings, args.workers)
-    from reproduction_report import write_report
+    from reproduction_findings import findings
+    from reproduction_report import load_cells, write_report
 
-    print(write_report(grid_dir, grid, RESULTS / ("REPRODUCTION.md" if not args.quick else "REPRODUCTION-quick.md")))
+    report = (args.out or RESULTS) / ("REPRODUCTION.md" if not args.quick else "REPRODUCTION-quick.md")
+    print(write_report(grid_dir, grid, report, findings(lambda experiment: load_cells(grid_dir, experiment))))
 
 
 if __name__ == "__main__":

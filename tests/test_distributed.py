@@ -11,9 +11,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.algorithms.parts import FedAvg
+from locfedmix.engines.distributed import local_gpu
+from locfedmix.errors import UserError
 
 RUN = ["-m", "locfedmix", "run", "--no-progress"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -136,3 +139,13 @@ def test_launching_several_processes_without_the_switch_is_a_user_error(tmp_path
     ours = [line for line in done.stderr.splitlines() if line.startswith("locfedmix: error:")]
     assert len(ours) == 1 and ours[0].endswith("add --set engine.distributed=true")
     assert "locfedmix/" not in done.stderr  # no frame of our code
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_more_ranks_on_a_machine_than_gpus_is_a_user_error(monkeypatch, gpus):
+    """Local rank 1 on a machine with fewer than two GPUs: refused before any CUDA call, naming both numbers."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(UserError, match=f"local rank 1 needs GPU 1 but this machine has {gpus}"):
+        local_gpu(1)
+    if gpus:
+        assert local_gpu(0) == torch.device("cuda", 0)

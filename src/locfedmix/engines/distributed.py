@@ -60,7 +60,7 @@ def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.devi
         raise UserError("engine.distributed=true needs the environment torchrun sets up: "
                         "torchrun --nproc_per_node=K -m locfedmix run ...")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = local_gpu(int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
@@ -69,6 +69,16 @@ def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.devi
         raise UserError(f"{dist.get_world_size()} processes for n_clients={config.n_clients}; "
                         "each rank needs at least one client")
     return Shard(dist.get_rank(), dist.get_world_size(), config.n_clients), device
+
+
+def local_gpu(local_rank: int) -> torch.device:
+    """One GPU per rank on each machine (NCCL refuses two ranks on one GPU), so a machine needs as many GPUs as
+    torchrun starts processes there."""
+    gpus = torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise UserError(f"local rank {local_rank} needs GPU {local_rank} but this machine has {gpus}; start at most "
+                        f"{gpus} process(es) per machine (--nproc_per_node) or set engine.device=cpu")
+    return torch.device("cuda", local_rank)
 
 
 def is_primary() -> bool:

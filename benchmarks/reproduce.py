@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
-from locfedmix.config import apply_overrides, read_toml, validate
+from locfedmix.config import validate
+from locfedmix.config_files import apply_overrides, read_toml
 
 HERE = Path(__file__).parent
 BASE = HERE.parent / "configs" / "paper" / "fmnist.toml"

@@ -49,10 +49,12 @@ def holds(cells: dict[str, list[dict]]) -> str:
     """The claim holds in a cell set when LocFedMix-SL is ahead of every rival present, beyond one std."""
     mine = final_values(cells[OURS], "test_accuracy")
     rivals = [k for k in RIVALS if k in cells]
+    if not rivals:
+        return "not judged (none of its rivals ran)"
     if min(len(cells[k]) for k in [OURS, *rivals]) < 2:
         return "not judged (one seed)"
     beaten = [k for k in rivals if verdict(mine, final_values(cells[k], "test_accuracy")) == "ahead"]
-    return "**holds**" if rivals and beaten == rivals else f"**does not hold** (ahead of {len(beaten)} of {len(rivals)})"
+    return "**holds**" if beaten == rivals else f"**does not hold** (ahead of {len(beaten)} of {len(rivals)})"
 
 
 def scalability_lines(cells: dict[str, list[dict]]) -> list[str]:

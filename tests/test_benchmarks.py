@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from locfedmix.algorithms.catalog import ALGORITHMS
@@ -15,7 +16,8 @@ from locfedmix.config import validate
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import reliability  # noqa: E402
 import reproduce  # noqa: E402
-from reproduction_report import write_report  # noqa: E402
+from reproduction_findings import findings  # noqa: E402
+from reproduction_report import load_cells, write_report  # noqa: E402
 
 
 @pytest.mark.parametrize("quick", [True, False])
@@ -29,17 +31,35 @@ def test_every_cell_of_the_grid_is_a_valid_config(quick):
             reproduce.cell_config(overrides, seed=0, rounds=1, settings=[])
 
 
+def final_test_accuracy(run_dir: Path) -> float:
+    return float(list(csv.DictReader((run_dir / "metrics.csv").open()))[-1]["test_accuracy"])
+
+
 def test_report_summarizes_finished_cells(tmp_path):
     grid_dir = tmp_path / "results" / "reproduction" / "tiny"
     base = {"dataset": "synthetic", "n_clients": 2, "samples_per_client": 30, "rounds": 2, "batch_size": 10}
-    for algorithm in ("psl", "locfedmix"):
+    cells = [("convergence", a, {"algorithm": a}) for a in ("psl", "sfl", "locfedmix")]
+    cells.append(("readings", "mix-only", {"algorithm": "locfedmix", "algo": {"loc": False, "fed": False}}))
+    for experiment, label, overrides in cells:
         for seed in (0, 1):
-            config = validate({**base, "algorithm": algorithm, "seed": seed})
-            run(config, grid_dir / "convergence" / algorithm / f"seed{seed}", progress=False)
+            config = validate({**base, **overrides, "seed": seed})
+            run(config, grid_dir / experiment / label / f"seed{seed}", progress=False)
     report = tmp_path / "results" / "REPORT.md"
-    text = write_report(grid_dir, {"convergence": [], "ablations": []}, report)
+    preface = findings(lambda experiment: load_cells(grid_dir, experiment))
+    text = write_report(grid_dir, {"convergence": [], "ablations": [], "readings": []}, report, preface)
     assert "| psl | 2 |" in text and "| locfedmix | 2 |" in text
     assert "vs `psl`: final accuracy" in text
+    # the findings rank LocFedMix-SL by its mean final test accuracy, and judge the claim against `sfl` (the one
+    # rival of the abstract that ran) by whether the mean ± std intervals separate
+    finals = {a: np.array([final_test_accuracy(grid_dir / "convergence" / a / f"seed{s}") for s in (0, 1)])
+              for a in ("psl", "sfl", "locfedmix")}
+    rank = 1 + sum(finals[a].mean() > finals["locfedmix"].mean() for a in ("psl", "sfl"))
+    ours, sfl = finals["locfedmix"], finals["sfl"]
+    claim = "**holds**" if ours.mean() - ours.std() > sfl.mean() + sfl.std() else "**does not hold** (ahead of 0 of 1)"
+    line = next(x for x in text.splitlines() if x.startswith("- **IID, N = 10** (convergence)"))
+    assert f"rank {rank} of 3" in line and line.endswith(f"claim {claim}.")
+    # the one reading is the best on validation, and is shown on test against the default `sfl`
+    assert "- `mix-only`: val " in text and "Best LocFedMix-SL reading on validation: `mix-only`" in text
     assert (report.parent / "reproduction-tiny-convergence-round.png").stat().st_size > 0
     assert (report.parent / "reproduction-tiny-convergence.csv").exists()
 

@@ -80,6 +80,32 @@ def test_processes_give_the_metrics_of_one(runs, world, algorithm):
         assert all(abs(float(a[k]) - float(b[k])) <= FEDAVG_TOLERANCE for k in a if k not in EXACT)
 
 
+def test_two_torchrun_agents_meet_as_two_machines(runs, tmp_path):
+    """The multi-machine launch (two agents, --nnodes=2, a c10d rendezvous endpoint), both on this host: the
+    same metrics as one process — sfl (FedAvg, within the tolerance) and sl (the relay crosses the two nodes)."""
+    config = write_config(tmp_path / "run.toml", ["sl", "sfl"])
+    endpoint = f"--rdzv-endpoint=127.0.0.1:{free_port()}"
+    launch = lambda host: [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                           "--rdzv-backend=c10d", endpoint, "--rdzv-id=two-nodes", f"--rdzv-conf=is_host={host}",
+                           *RUN, "--config", str(config), "--out", str(tmp_path / "out"), *DISTRIBUTED]
+    # one worker per agent: torchrun leaves its threads alone, so pin them as the reference's
+    agents = [subprocess.Popen(launch(host), env=one_thread(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True) for host in ("true", "false")]
+    try:
+        for agent in agents:
+            _, stderr = agent.communicate(timeout=300)
+            assert agent.returncode == 0, stderr[-2000:]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+    assert rows(tmp_path / "out" / "sl" / "metrics.csv") == rows(runs / "1" / "sl" / "metrics.csv")
+    for a, b in zip(rows(runs / "1" / "sfl" / "metrics.csv"), rows(tmp_path / "out" / "sfl" / "metrics.csv"),
+                    strict=True):
+        assert all(a[k] == b[k] for k in EXACT)
+        assert all(abs(float(a[k]) - float(b[k])) <= FEDAVG_TOLERANCE for k in a if k not in EXACT)
+
+
 def test_training_happened(runs):
     """The comparison above is between runs that learn, not between copies of an untrained model."""
     assert float(rows(runs / "2" / "sl" / "metrics.csv")[-1]["test_accuracy"]) > 0.3
@@ -149,3 +175,50 @@ def test_more_ranks_on_a_machine_than_gpus_is_a_user_error(monkeypatch, gpus):
         local_gpu(1)
     if gpus:
         assert local_gpu(0) == torch.device("cuda", 0)
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The local addresses of the TCP sockets process `pid` listens on (Linux /proc), e.g. '127.0.0.1'."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in open(f"/proc/{pid}/net/{table}").readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                words = b"".join(raw[k:k + 4][::-1] for k in range(0, len(raw), 4))  # kernel order per 32-bit word
+                found.add(socket.inet_ntop(family, words))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/stat")
+            and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(pid)]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/net/tcp"), reason="reads listening sockets from Linux /proc")
+def test_on_one_machine_the_workers_listen_on_loopback_only(tmp_path):
+    """What locfedmix controls of SECURITY.md section 5: on one machine every socket a worker listens on (gloo's)
+    is bound to loopback, whatever the host name resolves to. (torchrun's own stores are the agent's, not ours.)"""
+    config = write_config(tmp_path / "run.toml", ["psl"], rounds=40)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_SOCKET_IFNAME")}
+    agent = subprocess.Popen([*TORCHRUN, "--nproc_per_node=2", *RUN, "--config", str(config), *DISTRIBUTED],
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: dict[int, set[str]] = {}
+    try:
+        while agent.poll() is None and not (len(seen) == 2 and all(seen.values())):
+            for worker in children(agent.pid):
+                try:
+                    seen.setdefault(worker, set()).update(listening_addresses(worker))
+                except (FileNotFoundError, ProcessLookupError):
+                    pass  # the worker ended between the listing and the read
+            time.sleep(0.05)
+    finally:
+        agent.kill()
+        agent.communicate()
+    assert len(seen) == 2 and all(seen.values()), f"did not see both workers listen: {seen}"
+    assert all(address in ("127.0.0.1", "::1") for found in seen.values() for address in found), seen

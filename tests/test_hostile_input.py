@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from locfedmix.cli import main
-from locfedmix.config import parse_override
+from locfedmix.config_files import parse_override
 from locfedmix.experiment import load_experiment
 
 VALID = {"algorithm": "sfl", "dataset": "synthetic", "model": "cnn", "partition": "iid", "n_clients": 2,

@@ -1,9 +1,7 @@
 """The experiment configuration: one frozen, validated tree loaded once at the edge (TOML file + --set overrides)."""
 
-import tomllib
 from dataclasses import replace
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -273,51 +271,3 @@ def validate(tree: dict[str, Any]) -> Config:
         return Config.model_validate(tree)
     except ValidationError as err:
         raise UserError("; ".join(_describe(e, Config) for e in err.errors())) from None
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` → (["a", "b"], value). The value is data, never code: it is read as one TOML literal (number,
-    bool, quoted string, array, inline table), and anything that is not one (a bare word, `__import__(...)`, a YAML
-    tag) stays the plain string the user typed. TOML that smuggles in further keys on extra lines is refused."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set '{text}' is not key=value")
-    raw = raw.strip()
-    try:
-        document = tomllib.loads(f"v = {raw}")
-    except (tomllib.TOMLDecodeError, RecursionError):  # tomllib recurses once per nesting level
-        return key.strip().split("."), raw
-    if document.keys() != {"v"}:
-        raise UserError(f"--set {text!r}: the value must be one TOML literal, not further lines of TOML")
-    return key.strip().split("."), document["v"]
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
-    for text in overrides:
-        path, value = parse_override(text)
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set '{text}': '{part}' is not a section")
-        node[path[-1]] = value
-    return tree
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The config file as plain data (tomllib builds only dicts, lists, strings, numbers, booleans and dates);
-    every way the file can be unreadable ends as a UserError naming it."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file '{path}' not found") from None
-    except OSError as err:
-        raise UserError(f"config file '{path}' cannot be read: {err.strerror or type(err).__name__}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"config file '{path}' is not valid TOML: {err}") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"config file '{path}' is not UTF-8 text (byte {err.start}); TOML must be UTF-8") from None
-    except RecursionError:
-        raise UserError(f"config file '{path}' nests arrays or tables too deeply") from None

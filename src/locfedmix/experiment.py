@@ -5,7 +5,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from locfedmix.config import Config, apply_overrides, read_toml, validate
+from locfedmix.config import Config, validate
+from locfedmix.config_files import apply_overrides, read_toml
 from locfedmix.errors import UserError
 
 # Far more runs than anyone trains from one file; the cap keeps a config from making the CLI validate billions of

@@ -11,6 +11,7 @@ owner, evaluation sums, and checkpoint shards gathered to rank 0.
 """
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -63,12 +64,26 @@ def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.devi
         device = local_gpu(int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        pin_to_loopback()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=config.engine.timeout_s))
     if dist.get_world_size() > config.n_clients:
         raise UserError(f"{dist.get_world_size()} processes for n_clients={config.n_clients}; "
                         "each rank needs at least one client")
     return Shard(dist.get_rank(), dist.get_world_size(), config.n_clients), device
+
+
+def pin_to_loopback() -> None:
+    """On one machine (every rank local), keep the collectives' own sockets (gloo's pairs, NCCL's bootstrap) on the
+    loopback interface unless the user chose one: c10d has no authentication (SECURITY.md, section 5). torchrun's
+    stores are not ours to bind; see there."""
+    if os.environ.get("LOCAL_WORLD_SIZE", "0") != os.environ.get("WORLD_SIZE"):
+        return
+    names = {name for _, name in socket.if_nameindex()}
+    loopback = next((name for name in ("lo", "lo0") if name in names), None)  # Linux, BSD/macOS
+    for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if loopback and variable not in os.environ:
+            os.environ[variable] = loopback
 
 
 def local_gpu(local_rank: int) -> torch.device:

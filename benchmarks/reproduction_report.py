@@ -136,6 +136,14 @@ def readings_lines(readings: dict[str, list[dict]], convergence: dict[str, list[
         gap = 100 * (np.mean(val) - np.mean(ref_val))
         lines.append(f"- `{label}`: val {fmt(val)} % ({gap:+.2f} points vs default `{reference}`, "
                      f"{verdict(val, ref_val)}; {len(runs)} seed(s)).")
+    default_val = final_values(baseline["locfedmix"], "val_accuracy")
+    ahead = [k for k, v in ranked if not k.startswith("sfl ")
+             and verdict(final_values(v, "val_accuracy"), default_val) == "ahead"]
+    if ahead:
+        lines += ["", f"Ahead of the default on validation beyond one std: {', '.join(f'`{k}`' for k in ahead)}."]
+    else:
+        lines += ["", "No reading is ahead of the default on validation beyond one std, so the default reading is "
+                      "the one we ship."]
     best_label, best_runs = next(((k, v) for k, v in ranked if not k.startswith("sfl ")), (None, None))
     if best_label and "sfl" in baseline:
         rival = f"sfl {best_label}" if f"sfl {best_label}" in readings else "sfl"

@@ -12,10 +12,12 @@ import time
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.algorithms.parts import FedAvg
-from locfedmix.engines.distributed import local_gpu
+from locfedmix.config import validate
+from locfedmix.engines.distributed import join, local_gpu, pin_to_loopback
 from locfedmix.errors import UserError
 
 RUN = ["-m", "locfedmix", "run", "--no-progress"]
@@ -55,16 +57,21 @@ def one_thread():
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def succeed(command, env=None):
+    """Run to the end; on failure show what the processes said (torchrun's report names the failing rank)."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The all-algorithm sweep on one process and under torchrun with 2 and 3 processes."""
     base = tmp_path_factory.mktemp("distributed")
     config = write_config(base / "sweep.toml", ALGORITHMS)
-    subprocess.run([sys.executable, *RUN, "--config", str(config), "--out", str(base / "1")], env=one_thread(),
-                   check=True, capture_output=True)
+    succeed([sys.executable, *RUN, "--config", str(config), "--out", str(base / "1")], env=one_thread())
     for world in (2, 3):
-        subprocess.run([*TORCHRUN, f"--nproc_per_node={world}", *RUN, "--config", str(config),
-                        "--out", str(base / str(world)), *DISTRIBUTED], check=True, capture_output=True)
+        succeed([*TORCHRUN, f"--nproc_per_node={world}", *RUN, "--config", str(config), "--out", str(base / str(world)),
+                 *DISTRIBUTED])
     return base
 
 
@@ -93,8 +100,12 @@ def test_two_torchrun_agents_meet_as_two_machines(runs, tmp_path):
                                text=True, start_new_session=True) for host in ("true", "false")]
     try:
         for agent in agents:
-            _, stderr = agent.communicate(timeout=300)
-            assert agent.returncode == 0, stderr[-2000:]
+            try:
+                _, stderr = agent.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                os.killpg(agent.pid, signal.SIGKILL)
+                _, stderr = agent.communicate()
+            assert agent.returncode == 0, f"exit {agent.returncode}: {stderr[-3000:]}"
     finally:
         for agent in agents:
             if agent.poll() is None:
@@ -130,14 +141,14 @@ def test_a_resumed_distributed_run_equals_an_uninterrupted_one(tmp_path):
     config = write_config(tmp_path / "run.toml", ["locfedmix"], rounds=4)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     launch = [*TORCHRUN, "--nproc_per_node=2", *RUN, *DISTRIBUTED]
-    subprocess.run([*launch, "--config", str(config), "--out", str(whole)], check=True, capture_output=True)
+    succeed([*launch, "--config", str(config), "--out", str(whole)])
     process = subprocess.Popen([*launch, "--config", str(config), "--out", str(cut)], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_rows(cut / "locfedmix" / "metrics.csv", 2, process)
     os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks
     process.wait()
     resume = [*TORCHRUN, "--nproc_per_node=2", *RUN, "--resume", str(cut / "locfedmix")]  # its config.toml says
-    subprocess.run(resume, check=True, capture_output=True)                                 # distributed=true
+    succeed(resume)                                                                          # distributed=true
     assert rows(cut / "locfedmix" / "metrics.csv") == rows(whole / "locfedmix" / "metrics.csv")
 
 
@@ -177,21 +188,21 @@ def test_more_ranks_on_a_machine_than_gpus_is_a_user_error(monkeypatch, gpus):
         assert local_gpu(0) == torch.device("cuda", 0)
 
 
-def listening_addresses(pid: int) -> set[str]:
-    """The local addresses of the TCP sockets process `pid` listens on (Linux /proc), e.g. '127.0.0.1'."""
+def listening_sockets(pid: int) -> dict[str, str]:
+    """The TCP sockets process `pid` listens on (Linux /proc): socket inode → local address, e.g. '127.0.0.1'."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         target = os.readlink(f"/proc/{pid}/fd/{fd}")
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    found = set()
+    found = {}
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         for line in open(f"/proc/{pid}/net/{table}").readlines()[1:]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
                 raw = bytes.fromhex(fields[1].split(":")[0])
                 words = b"".join(raw[k:k + 4][::-1] for k in range(0, len(raw), 4))  # kernel order per 32-bit word
-                found.add(socket.inet_ntop(family, words))
+                found[fields[9]] = socket.inet_ntop(family, words)
     return found
 
 
@@ -211,14 +222,52 @@ def test_on_one_machine_the_workers_listen_on_loopback_only(tmp_path):
     seen: dict[int, set[str]] = {}
     try:
         while agent.poll() is None and not (len(seen) == 2 and all(seen.values())):
-            for worker in children(agent.pid):
-                try:
-                    seen.setdefault(worker, set()).update(listening_addresses(worker))
-                except (FileNotFoundError, ProcessLookupError):
-                    pass  # the worker ended between the listing and the read
+            try:
+                agents_own = listening_sockets(agent.pid)  # a child briefly holds these between fork and exec
+                for worker in children(agent.pid):
+                    found = listening_sockets(worker)
+                    seen.setdefault(worker, set()).update(a for inode, a in found.items() if inode not in agents_own)
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a process ended between the listing and the read
             time.sleep(0.05)
     finally:
         agent.kill()
         agent.communicate()
     assert len(seen) == 2 and all(seen.values()), f"did not see both workers listen: {seen}"
     assert all(address in ("127.0.0.1", "::1") for found in seen.values() for address in found), seen
+
+
+LOOPBACK = next(name for name in ("lo", "lo0") if name in {n for _, n in socket.if_nameindex()})
+IFNAMES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+def test_joining_on_one_machine_pins_the_collectives_to_loopback(monkeypatch):
+    """join() itself pins gloo's and NCCL's sockets when every rank is on this machine (here: a group of one)."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in IFNAMES:
+        monkeypatch.delenv(key, raising=False)
+    config = validate({"algorithm": "psl", "dataset": "digits", "n_clients": 2, "rounds": 1, "batch_size": 8,
+                       "engine": {"distributed": True}})
+    try:
+        join(config, torch.device("cpu"))
+        assert [os.environ.get(key) for key in IFNAMES] == [LOOPBACK, LOOPBACK]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world, local, chosen, expected", [
+    ("4", "2", None, None),  # ranks on other machines: loopback would cut them off
+    ("2", "2", "eth7", "eth7"),  # the user's choice stands
+])
+def test_pinning_leaves_multi_machine_runs_and_user_choices_alone(monkeypatch, world, local, chosen, expected):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    for key in IFNAMES:
+        monkeypatch.delenv(key, raising=False)
+        if chosen:
+            monkeypatch.setenv(key, chosen)
+    pin_to_loopback()
+    assert [os.environ.get(key) for key in IFNAMES] == [expected, expected]

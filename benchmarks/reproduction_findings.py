@@ -35,14 +35,16 @@ def time_to_target(runs: list[dict]) -> tuple[float, float, int]:
 
 
 def speed_sentence(cells: dict[str, list[dict]], key: int, unit: str) -> str:
-    """Rank by time to target (key 0: simulated seconds = latency; key 1: rounds = convergence speed)."""
-    times = {k: time_to_target(v) for k, v in cells.items()}
-    order = sorted(times, key=lambda k: times[k][key])
-    faster = [f"`{k}`" for k in order[:order.index(OURS)]]
+    """Rank by time to target (key 0: simulated seconds = latency; key 1: rounds = convergence speed); a cell that
+    never reached the target ranks behind every cell that did."""
+    times = {k: time_to_target(v)[key] for k, v in cells.items()}
     mine = times[OURS]
-    reached = f"{mine[key]:.0f} {unit} to the target" if mine[2] else "target not reached"
-    return (f"{reached} ({mine[2]}/{len(cells[OURS])} seeds), rank "
-            f"{order.index(OURS) + 1} of {len(order)}" + (f"; faster: {', '.join(faster)}" if faster else ""))
+    faster = [f"`{k}`" for k in sorted(times, key=times.get) if times[k] < mine]
+    seeds = f"{time_to_target(cells[OURS])[2]}/{len(cells[OURS])} seeds"
+    if mine == float("inf"):
+        return f"target not reached ({seeds}); reached by {', '.join(faster) if faster else 'none'}"
+    return (f"{mine:.0f} {unit} to the target ({seeds}), rank {len(faster) + 1} of {len(times)}"
+            + (f"; faster: {', '.join(faster)}" if faster else ""))
 
 
 def holds(cells: dict[str, list[dict]]) -> str:

@@ -3,10 +3,11 @@ against one process with all of this machine's threads, measured in the same inv
 
     python benchmarks/distributed.py                       # psl and locfedmix, 1/2/4 ranks
     python benchmarks/distributed.py --ranks 1 2 --algorithms sfl
+    python benchmarks/distributed.py --device cuda        # on a GPU machine: NCCL, one GPU per rank
 
 Fashion-MNIST (MNIST where it is not installed), the small CNN, 16 clients × 500 samples, batch 16, 2 rounds.
 torchrun gives each rank one intra-op thread, so "1 rank" is one core's worth; the in-process row uses every core.
-Writes benchmarks/results/distributed_<device>.csv, .json and DISTRIBUTED.md.
+Writes benchmarks/results/distributed_<device>.csv, .json and DISTRIBUTED.md (DISTRIBUTED-cuda.md).
 """
 
 import argparse
@@ -31,12 +32,13 @@ def dataset() -> str:
     return found.stdout.strip() or "mnist"
 
 
-def measure(algorithm: str, ranks: int | None, data: str) -> dict:
-    """One run; `ranks` None = one process without torchrun (all threads)."""
+def measure(algorithm: str, ranks: int | None, data: str, device: str) -> dict:
+    """One run; `ranks` None = one process without torchrun (all threads). On `cuda` each rank takes one GPU and
+    the ranks talk over NCCL."""
     with tempfile.TemporaryDirectory() as out:
         config = Path(out) / "run.toml"
         config.write_text(f'algorithm = "{algorithm}"\ndataset = "{data}"\n' + "\n".join(SETTINGS[:5]) + "\n"
-                          + "[eval]\nbatch_size = 500\n")
+                          + f'[eval]\nbatch_size = 500\n[engine]\ndevice = "{device}"\n')
         run = ["-m", "locfedmix", "run", "--no-progress", "--config", str(config), "--out", f"{out}/run"]
         if ranks is None:
             command = [sys.executable, *run]
@@ -61,9 +63,10 @@ def amdahl_bound(flops: dict[str, float], ranks: int) -> float:
 
 
 def markdown(rows: list[dict], device: str) -> str:
+    transport = "NCCL, one GPU each" if device == "cuda" else "gloo, loopback"
     lines = [f"# Distributed throughput ({device}, {os.cpu_count()} cores)", "",
              f"Training samples/s of one experiment ({', '.join(SETTINGS)}) in one process without torchrun, and "
-             "on K ranks under torchrun (gloo, loopback). *vs 1 rank* divides by the 1-rank torchrun row of the "
+             f"on K ranks under torchrun ({transport}). *vs 1 rank* divides by the 1-rank torchrun row of the "
              "same algorithm, measured in the same invocation. `python benchmarks/distributed.py` regenerates "
              "this file.", "",
              "*bound* is the speed-up the design allows here: the clients' FLOPs split over min(K, cores) cores, "
@@ -100,12 +103,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--algorithms", nargs="+", default=["psl", "locfedmix"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: one GPU per rank (NCCL); ranks beyond this machine's GPUs are skipped")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.device
+    if device == "cuda":
+        args.ranks = [k for k in args.ranks if k <= torch.cuda.device_count()]
     data, rows = dataset(), []
     for algorithm in args.algorithms:
         for ranks in [None, *args.ranks]:
-            rows.append(measure(algorithm, ranks, data))
+            rows.append(measure(algorithm, ranks, data, device))
             print(rows[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / f"distributed_{device}.csv", "w", newline="") as f:
@@ -113,7 +120,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     (RESULTS / f"distributed_{device}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (RESULTS / "DISTRIBUTED.md").write_text(markdown(rows, device))
+    (RESULTS / ("DISTRIBUTED.md" if device == "cpu" else f"DISTRIBUTED-{device}.md")).write_text(markdown(rows, device))
     print(markdown(rows, device))
 
 

@@ -4,6 +4,7 @@ The classifier head follows LocSplitFed (Han et al. 2021); the input-reconstruct
 follows InfoPro (Wang et al., ICLR 2021).
 """
 
+import torch
 from torch import nn
 
 from locfedmix.errors import UserError
@@ -24,6 +25,19 @@ def build_aux_classifier(cut_shape: tuple[int, ...], n_classes: int) -> nn.Modul
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cut_shape[0], n_classes))
 
 
+class ChannelsLast(nn.Module):
+    """Hands the maps on in channels-last layout. The decoder's upsampling then writes its (large) output in the
+    layout its convolutions read, instead of converting it twice: measured 2.3× faster for the whole decoder on CPU
+    (16 maps of 64×8×8 → 3×32×32, forward and backward); the values equal the NCHW ones to float rounding. Under
+    torch.func.vmap (the stacked pool) layouts cannot be asked for yet, so the maps pass unchanged there."""
+
+    def forward(self, x):
+        try:
+            return x.contiguous(memory_format=torch.channels_last)
+        except RuntimeError:  # "NYI: querying is_contiguous inside of vmap for memory_format other than ..."
+            return x
+
+
 def build_decoder(
     cut_shape: tuple[int, ...], input_shape: tuple[int, int, int], hidden: int = 16
 ) -> nn.Module:
@@ -34,6 +48,7 @@ def build_decoder(
         return nn.Sequential(nn.Linear(cut_shape[0], c_in * h * w), nn.Unflatten(1, (c_in, h, w)))
     # InfoPro's decoder: upsample to the input resolution, then two 3x3 convs.
     return nn.Sequential(
+        ChannelsLast(),
         nn.Upsample(size=(h, w), mode="bilinear", align_corners=False),
         nn.Conv2d(cut_shape[0], hidden, 3, padding=1),
         nn.ReLU(),

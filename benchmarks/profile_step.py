@@ -1,0 +1,84 @@
+"""What a training round spends its time on: torch.profiler's operator table for one algorithm at N clients × k
+samples per client (the throughput benchmark's model and data), next to the same table for centralized training.
+
+    python benchmarks/profile_step.py                              # psl and locfedmix at 1000 × 1 and 100 × 16
+    python benchmarks/profile_step.py --cells sflv1/1000/1 --device cuda
+
+Writes benchmarks/results/PROFILE.md (PROFILE-cuda.md on a GPU): per cell the share of wall time in each operator
+(self time, top rows) and the share left to Python outside any operator — the simulator's own overhead.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from locfedmix.config import validate
+from locfedmix.engines.device import resolve_device
+from locfedmix.engines.federation import build_federation, data_step, train_round
+from throughput import BATCH, CLASSES, RESULTS, SHAPE, split_rate
+
+TOP = 8
+
+
+def profiled_round(algorithm: str, n_clients: int, per_client: int, device: torch.device):
+    """One warm round of the algorithm under the profiler; returns the profile and the round's wall seconds."""
+    config = validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": n_clients, "rounds": 1,
+                       "batch_size": BATCH, "engine": {"device": str(device)}})
+    fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients, device)
+    x = torch.rand(n_clients * per_client, *SHAPE, device=device)
+    y = torch.randint(0, CLASSES, (n_clients * per_client,), device=device)
+    indices = [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
+    execute = data_step(x, y)
+    train_round(fed, indices, BATCH, 0, execute)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        train_round(fed, indices, BATCH, 1, execute)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return prof, seconds, type(fed.clients).__name__
+
+
+def table(prof, seconds: float) -> list[str]:
+    """Top operators by self CPU time as shares of the round's wall time, and what no operator accounts for."""
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total_ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    lines = ["| operator | calls | self CPU s | share of wall |", "|---|---:|---:|---:|"]
+    for e in events[:TOP]:
+        lines.append(f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.3f} | "
+                     f"{e.self_cpu_time_total / 1e6 / seconds:.0%} |")
+    lines.append(f"| *outside any operator (Python, the simulator)* | | {max(seconds - total_ops, 0):.3f} | "
+                 f"{max(seconds - total_ops, 0) / seconds:.0%} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", nargs="+", default=["psl/1000/1", "locfedmix/1000/1", "psl/100/16",
+                                                       "locfedmix/100/16"], help="ALGORITHM/N/K")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    out = [f"# Where a round's time goes ({device.type}, {torch.get_num_threads()} threads)", "",
+           "One warm round under torch.profiler (`python benchmarks/profile_step.py` regenerates this file). Shares "
+           "are of the round's wall time; operators' self times exclude their children. *samples/s* is measured "
+           "without the profiler, as in THROUGHPUT.md.", ""]
+    for cell in args.cells:
+        algorithm, n, k = cell.split("/")
+        rate = split_rate(algorithm, int(n), int(k), 2.0, "auto", device)[0]
+        prof, seconds, engine = profiled_round(algorithm, int(n), int(k), device)
+        out += [f"## {algorithm}, {n} clients × {k} ({engine}): {rate:.0f} samples/s, "
+                f"{seconds:.2f} s per profiled round", "", *table(prof, seconds), ""]
+        print(f"{cell}: {seconds:.2f} s per round", flush=True)
+    name = "PROFILE.md" if device.type == "cpu" else f"PROFILE-{device.type}.md"
+    Path(RESULTS / name).write_text("\n".join(out))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

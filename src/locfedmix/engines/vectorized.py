@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from locfedmix.algorithms.objectives import client_loss
-from locfedmix.algorithms.parts import ClientObjective
+from locfedmix.algorithms.parts import ClientObjective, Reconstruction
 from locfedmix.config import OptimizerConfig
 from locfedmix.engines.clients import Batches, InProcess, Smashed
 from locfedmix.engines.stacked_optim import StackedOptimizer
@@ -71,6 +71,14 @@ class StackedModule:
         return all(bool((t == t[:1]).all()) for t in self.tensors().values())
 
 
+def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
+    """Stacked maps [clients, batch, C, H, W] stored with C innermost: vmap then hands the head a channels-last
+    batch, the layout in which the decoder's upsampling and convolutions skip their conversions (see
+    models.auxiliary.ChannelsLast, which vmap cannot run). Same values; the decoder ran 1.45× faster at 1000 × 1.
+    Only for the decoder: LocSplitFed's pooling head falls back to a slow batching rule on this layout."""
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
+
+
 class StackedClients(InProcess):
     """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients."""
 
@@ -106,7 +114,8 @@ class StackedClients(InProcess):
 
         x = torch.stack([batches[i][0] for i in ids])
         y = torch.stack([batches[i][1] for i in ids])
-        return vmap(one_client, randomness="different")(params, buffers, out, x, y).sum()
+        maps = channels_last_maps(out) if isinstance(objective, Reconstruction) else out
+        return vmap(one_client, randomness="different")(params, buffers, maps, x, y).sum()
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
                           cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:

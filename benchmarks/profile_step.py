@@ -12,28 +12,19 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from locfedmix.config import validate
 from locfedmix.engines.device import resolve_device
-from locfedmix.engines.federation import build_federation, data_step, train_round
-from throughput import BATCH, CLASSES, RESULTS, SHAPE, split_rate
+from locfedmix.engines.federation import train_round
+from throughput import BATCH, RESULTS, split_rate, warm_federation
 
 TOP = 8
 
 
 def profiled_round(algorithm: str, n_clients: int, per_client: int, device: torch.device):
     """One warm round of the algorithm under the profiler; returns the profile and the round's wall seconds."""
-    config = validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": n_clients, "rounds": 1,
-                       "batch_size": BATCH, "engine": {"device": str(device)}})
-    fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients, device)
-    x = torch.rand(n_clients * per_client, *SHAPE, device=device)
-    y = torch.randint(0, CLASSES, (n_clients * per_client,), device=device)
-    indices = [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
-    execute = data_step(x, y)
-    train_round(fed, indices, BATCH, 0, execute)  # warm-up
+    fed, indices, execute = warm_federation(algorithm, n_clients, per_client, "auto", device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         start = time.perf_counter()

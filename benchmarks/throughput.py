@@ -63,8 +63,9 @@ def centralized_rate(seconds: float, device: torch.device) -> float:
     return samples / (clock(device) - start)
 
 
-def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str,
-               device: torch.device) -> tuple[float, str, float]:
+def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str, device: torch.device):
+    """The algorithm's federation on random CIFAR-shaped data, after one warm-up round; returns it with the
+    per-client indices and the step function that train_round takes."""
     config = validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": n_clients, "rounds": 1,
                        "batch_size": BATCH, "engine": {"kind": engine, "device": str(device)}})
     fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients, device)
@@ -72,7 +73,13 @@ def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, 
     y = torch.randint(0, CLASSES, (n_clients * per_client,), device=device)
     indices = [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
     execute = data_step(x, y)
-    train_round(fed, indices, BATCH, 0, execute)  # warm-up
+    train_round(fed, indices, BATCH, 0, execute)
+    return fed, indices, execute
+
+
+def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str,
+               device: torch.device) -> tuple[float, str, float]:
+    fed, indices, execute = warm_federation(algorithm, n_clients, per_client, engine, device)
     rounds, start = 0, clock(device)
     while rounds == 0 or clock(device) - start < seconds:
         rounds += 1

@@ -4,12 +4,14 @@ centralized training of the same model measured in the same process (so machine 
     python benchmarks/throughput.py                 # the full grid, N ∈ {1, 10, 100, 1000}, k ∈ {16, 1}
     python benchmarks/throughput.py --quick         # N ∈ {10, 100}, k ∈ {16, 1}, psl / sfl / locfedmix
     python benchmarks/throughput.py --device cuda --engine loop vectorized   # both pools on the GPU
+    python benchmarks/throughput.py --algorithms psl sfl locfedmix --clients 1000 --per-client 16 \
+        --engine loop vectorized --activation-mb 1e9 2048 --tag cpu-memory     # activations kept or recomputed
 
 Each cell runs in its own process (peak memory is per process). Model: the small CNN on CIFAR-shaped 3×32×32
 inputs, cut after its two conv blocks; Adam; batch 16 per client; centralized baseline: batch 64.
 
 Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md (THROUGHPUT-cuda.md on a GPU; --quick
-writes the same names with a -quick suffix).
+writes the same names with a -quick suffix; --tag names them).
 """
 
 import argparse
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.algorithms.parts import Parallel
 from locfedmix.api import peak_memory_mb
 from locfedmix.config import validate
 from locfedmix.engines.device import resolve_device
@@ -63,11 +66,13 @@ def centralized_rate(seconds: float, device: torch.device) -> float:
     return samples / (clock(device) - start)
 
 
-def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str, device: torch.device):
+def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str, device: torch.device,
+                    activation_mb: float | None = None):
     """The algorithm's federation on random CIFAR-shaped data, after one warm-up round; returns it with the
     per-client indices and the step function that train_round takes."""
+    budget = {} if activation_mb is None else {"activation_memory_mb": activation_mb}
     config = validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": n_clients, "rounds": 1,
-                       "batch_size": BATCH, "engine": {"kind": engine, "device": str(device)}})
+                       "batch_size": BATCH, "engine": {"kind": engine, "device": str(device), **budget}})
     fed = build_federation(config, config.resolved_algorithm(), SHAPE, CLASSES, [per_client] * n_clients, device)
     x = torch.rand(n_clients * per_client, *SHAPE, device=device)
     y = torch.randint(0, CLASSES, (n_clients * per_client,), device=device)
@@ -77,15 +82,21 @@ def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str
     return fed, indices, execute
 
 
-def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str,
-               device: torch.device) -> tuple[float, str, float]:
-    fed, indices, execute = warm_federation(algorithm, n_clients, per_client, engine, device)
+def split_rate(args: argparse.Namespace, algorithm: str, n_clients: int, per_client: int,
+               device: torch.device) -> tuple[float, str, float, float]:
+    """Samples/s over whole rounds, the pool, the work per sample, and the share of clients whose forward is
+    recomputed in backward (engines/memory.py)."""
+    fed, indices, execute = warm_federation(algorithm, n_clients, per_client, args.engine[0], device,
+                                            args.activation_mb[0] if args.activation_mb else None)
     rounds, start = 0, clock(device)
-    while rounds == 0 or clock(device) - start < seconds:
+    while rounds == 0 or clock(device) - start < args.seconds:
         rounds += 1
         train_round(fed, indices, BATCH, rounds, execute)
     rate = rounds * n_clients * per_client / (clock(device) - start)
-    return rate, type(fed.clients).__name__, work_per_sample(fed, per_client)
+    stepping = list(range(n_clients)) if isinstance(fed.algo.schedule, Parallel) else [0]
+    one_batch = (torch.zeros(min(BATCH, per_client), *SHAPE, device=device), torch.zeros(min(BATCH, per_client)))
+    plan = fed.clients.budget.plan(dict.fromkeys(stepping, one_batch), [[i] for i in stepping])
+    return rate, type(fed.clients).__name__, work_per_sample(fed, per_client), sum(plan) / len(plan)
 
 
 def work_per_sample(fed, per_client: int) -> float:
@@ -101,8 +112,9 @@ def run_cell(args: argparse.Namespace) -> None:
     algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
     device = resolve_device(args.device)
     central = centralized_rate(args.seconds, device)
-    rate, engine, work = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine[0], device)
-    print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients, "per_client": per_client, "engine": engine,
+    rate, engine, work, recomputed = split_rate(args, algorithm, n_clients, per_client, device)
+    print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients,
+                      "per_client": per_client, "engine": engine, "recomputed": recomputed,
                       "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,
                       "work_per_sample": work, "work_ratio": rate * work / central,
                       "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}))
@@ -114,13 +126,15 @@ def markdown(rows: list[dict], device: str) -> str:
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
              "the same process. *work* is the algorithm's FLOPs per sample over plain training's (the decoder, the "
              "auxiliary head and SmashMix's extra server samples are the algorithm's own work); *work ratio* = "
-             "ratio × work, the FLOP rate achieved relative to centralized training. "
+             "ratio × work, the FLOP rate achieved relative to centralized training. *recomputed*: the share of "
+             "clients whose forward the step recomputes in backward instead of keeping its activations "
+             "(engine.activation_memory_mb). "
              "`python benchmarks/throughput.py` regenerates this file.", "",
-             "| algorithm | clients | samples/client | engine | samples/s | centralized | ratio | work | work ratio "
+             "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work | work ratio "
              "| peak MB |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | "
+        lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | {r.get('recomputed', 0):.0%} | "
                      f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {r['ratio']:.2f} | "
                      f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
                      f"{r['peak_memory_mb']:.0f} |")
@@ -137,6 +151,10 @@ def main() -> None:
     parser.add_argument("--engine", nargs="+", default=["auto"], choices=["auto", "loop", "vectorized"],
                         help="client pool(s) to measure; several give one row each")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--activation-mb", type=float, nargs="+",
+                        help="engine.activation_memory_mb (default: the config's); several give one row each")
+    parser.add_argument("--tag", help="results named throughput_<tag> and THROUGHPUT-<tag>.md (default: the device, "
+                                      "with -quick for --quick)")
     parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -144,17 +162,19 @@ def main() -> None:
     if args.quick:
         args.algorithms, args.clients = ["psl", "sfl", "locfedmix"], [10, 100]
     device = resolve_device(args.device).type
-    cells = itertools.product(args.algorithms, args.clients, args.per_client, args.engine)
+    cells = itertools.product(args.algorithms, args.clients, args.per_client, args.engine, args.activation_mb or [None])
     rows = []
-    for a, n, k, engine in tqdm(list(cells), desc="throughput"):
+    for a, n, k, engine, budget in tqdm(list(cells), desc="throughput"):
         cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
                "--engine", engine, "--device", args.device]
+        cmd += ["--activation-mb", str(budget)] if budget is not None else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-        if any(r["engine"] == rows[-1]["engine"] and r["cell"] == rows[-1]["cell"] for r in rows[:-1]):
+        if any(r["engine"] == rows[-1]["engine"] and r["cell"] == rows[-1]["cell"]
+               and r["recomputed"] == rows[-1]["recomputed"] for r in rows[:-1]):
             rows.pop()  # `auto` picked a pool measured already
         RESULTS.mkdir(parents=True, exist_ok=True)
-        tag = f"{device}-quick" if args.quick else device  # a quick look never overwrites the full table
+        tag = args.tag or (f"{device}-quick" if args.quick else device)  # a quick look keeps the full table
         stem = RESULTS / f"throughput_{tag}"
         with open(f"{stem}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

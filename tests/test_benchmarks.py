@@ -64,13 +64,15 @@ def test_report_summarizes_finished_cells(tmp_path):
     assert (report.parent / "reproduction-tiny-convergence.csv").exists()
 
 
-def test_throughput_cell_reports_rates_and_memory():
+@pytest.mark.parametrize("budget, recomputed", [([], 0.0), (["--activation-mb", "0"], 1.0)])
+def test_throughput_cell_reports_rates_and_memory(budget, recomputed):
     """The per-cell path of benchmarks/throughput.py (the one each subprocess runs), on the CPU in a blink."""
     script = Path(__file__).parent.parent / "benchmarks" / "throughput.py"
     out = subprocess.run([sys.executable, str(script), "--cell", "locfedmix", "3", "2", "--seconds", "0.05",
-                          "--engine", "vectorized", "--device", "cpu"], capture_output=True, text=True, check=True)
+                          "--engine", "vectorized", "--device", "cpu", *budget],
+                         capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    assert row["engine"] == "StackedClients" and row["cell"] == "locfedmix/3/2"
+    assert row["engine"] == "StackedClients" and row["cell"] == "locfedmix/3/2" and row["recomputed"] == recomputed
     assert row["samples_per_s"] > 0 and row["centralized_samples_per_s"] > 0 and row["peak_memory_mb"] > 0
     assert row["work_per_sample"] > 1  # the decoder and SmashMix's extra server samples are real work
 

@@ -110,6 +110,9 @@ class EngineKind(StrEnum):
 class EngineConfig(_Section):
     kind: EngineKind = EngineKind.AUTO
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
+    activation_memory_mb: float = Field(
+        2048, ge=0, allow_inf_nan=False,
+        description="client activations a step may keep; beyond it the clients' forward is recomputed in backward")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto = the first CUDA device if there is one, else cpu")
     distributed: bool = Field(False, description="shard the clients over the processes torchrun starts")

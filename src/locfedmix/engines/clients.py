@@ -15,6 +15,7 @@ from locfedmix.algorithms.fedavg import federated_average
 from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective
 from locfedmix.config import OptimizerConfig
+from locfedmix.engines.memory import ActivationBudget, run_forward
 from locfedmix.engines.state import build_optimizer
 
 Batches = dict[int, tuple[torch.Tensor, torch.Tensor]]  # client id -> (x, y) of its mini-batch
@@ -97,8 +98,9 @@ class LoopClient:
 class LoopClients(InProcess):
     """One module set and one optimizer per client, run one after another."""
 
-    def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig):
-        self.n, self.has_head = n, head is not None
+    def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig,
+                 budget: ActivationBudget):
+        self.n, self.has_head, self.budget = n, head is not None, budget
         self.clients = []
         for _ in range(n):
             own_lower, own_head = copy.deepcopy(lower), copy.deepcopy(head)
@@ -106,7 +108,10 @@ class LoopClients(InProcess):
             self.clients.append(LoopClient(own_lower, own_head, build_optimizer(params, optimizer)))
 
     def forward(self, batches: Batches) -> Smashed:
-        return Smashed([([i], self.clients[i].lower(x).unsqueeze(0)) for i, (x, _) in sorted(batches.items())])
+        ids = sorted(batches)
+        recompute = self.budget.plan(batches, [[i] for i in ids])
+        return Smashed([([i], run_forward(self.clients[i].lower, batches[i][0], recompute=again).unsqueeze(0))
+                        for i, again in zip(ids, recompute)])
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
                           cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:

@@ -15,6 +15,7 @@ from locfedmix.config import Config, EngineKind
 from locfedmix.engines.clients import ClientPool, LoopClients
 from locfedmix.engines.distributed import Shard
 from locfedmix.engines.exchange import catch_up, hand_off, leave_relay, synchronize
+from locfedmix.engines.memory import ActivationBudget
 from locfedmix.engines.participation import Attendance, Participation
 from locfedmix.engines.sharded import ShardedClients
 from locfedmix.engines.state import Server, build_client_head, build_server
@@ -119,9 +120,10 @@ def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: to
         on_gpu = next(lower.parameters()).device.type == "cuda"
         stack = parallel and (on_gpu or typical_batch <= STACKED_MAX_BATCH)
         kind = EngineKind.VECTORIZED if stack else EngineKind.LOOP
+    budget = ActivationBudget(config.engine.activation_memory_mb, lower, head)
     if kind is EngineKind.VECTORIZED:
-        return StackedClients(lower, head, n, config.client_optimizer, config.engine.chunk_clients)
-    return LoopClients(lower, head, n, config.client_optimizer)
+        return StackedClients(lower, head, n, config.client_optimizer, config.engine.chunk_clients, budget)
+    return LoopClients(lower, head, n, config.client_optimizer, budget)
 
 
 StepExecutor = Callable[["Federation", StepPlan], float]

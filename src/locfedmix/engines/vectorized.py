@@ -11,6 +11,7 @@ from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective, Reconstruction
 from locfedmix.config import OptimizerConfig
 from locfedmix.engines.clients import Batches, InProcess, Smashed
+from locfedmix.engines.memory import ActivationBudget, run_forward
 from locfedmix.engines.stacked_optim import StackedOptimizer
 
 
@@ -82,23 +83,32 @@ def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
 class StackedClients(InProcess):
     """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients."""
 
-    def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int):
-        self.n, self.has_head, self.chunk = n, head is not None, chunk
+    def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int,
+                 budget: ActivationBudget):
+        self.n, self.has_head, self.chunk, self.budget = n, head is not None, chunk, budget
         self.lowers = StackedModule(lower, n)
         self.heads = StackedModule(head, n) if head is not None else None
         params = list(self.lowers.params.values()) + (list(self.heads.params.values()) if self.heads else [])
         self.optimizer = StackedOptimizer(params, n, optimizer)
 
     def _groups(self, batches: Batches) -> list[list[int]]:
-        """Clients with equal batch sizes, in id order, in chunks of at most `chunk` clients."""
+        """Clients with equal batch sizes, in id order, in chunks of at most `chunk` clients (fewer where a group's
+        activations would exceed the activation budget)."""
+        self.budget.exceeded(batches)  # measures the models once
         by_size: dict[int, list[int]] = {}
         for i in sorted(batches):
             by_size.setdefault(len(batches[i][1]), []).append(i)
-        return [ids[k:k + self.chunk] for ids in by_size.values() for k in range(0, len(ids), self.chunk)]
+        groups = []
+        for size, ids in by_size.items():
+            chunk = min(self.chunk, self.budget.group_cap(size) or self.chunk)
+            groups += [ids[k:k + chunk] for k in range(0, len(ids), chunk)]
+        return groups
 
     def forward(self, batches: Batches) -> Smashed:
-        return Smashed([(ids, self.lowers(ids, torch.stack([batches[i][0] for i in ids])))
-                        for ids in self._groups(batches)])
+        groups = self._groups(batches)
+        recompute = self.budget.plan(batches, groups)
+        return Smashed([(ids, run_forward(self.lowers, ids, torch.stack([batches[i][0] for i in ids]), recompute=again))
+                        for ids, again in zip(groups, recompute)])
 
     def _local_losses(self, objective: ClientObjective, ids: list[int], out: torch.Tensor,
                       batches: Batches, nopeek: float) -> torch.Tensor | None:
@@ -119,9 +129,10 @@ class StackedClients(InProcess):
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
                           cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:
+        """Back-propagate group by group, so that only one group's head graph (and recomputed forward) is alive."""
         self.optimizer.zero_grad()
-        roots, grads = [], []
         for (ids, out), raw in zip(smashed.groups, smashed.raw_groups()):
+            roots, grads = [], []
             if ids[0] in cut_grads:
                 roots.append(out)
                 grads.append(torch.stack([cut_grads[i] for i in ids]))
@@ -129,8 +140,8 @@ class StackedClients(InProcess):
             if local is not None:
                 roots.append(local)
                 grads.append(torch.ones_like(local))
-        if roots:
-            torch.autograd.backward(roots, grads)
+            if roots:
+                torch.autograd.backward(roots, grads)
         stepped = sorted(i for ids, _ in smashed.groups for i in ids)
         self.optimizer.step(torch.tensor(stepped, device=self.lowers.device))
 

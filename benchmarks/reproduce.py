@@ -7,7 +7,9 @@
     python benchmarks/reproduce.py --workers 12 --set engine.device=cuda --set eval.batch_size=1000   # on a GPU
 
 Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
-whose summary.json exists is skipped, so an interrupted grid resumes where it stopped. The report
+whose summary.json exists is skipped, so an interrupted grid resumes where it stopped; a cell whose config equals
+another's up to placement (device, engine, evaluation batch) is that run, copied (its summary.json says
+`copied_from`). The report
 (benchmarks/results/REPRODUCTION.md, CSVs and PNG plots beside it) is rebuilt from whatever cells have finished.
 """
 
@@ -15,7 +17,9 @@ import argparse
 import fnmatch
 import itertools
 import multiprocessing
+import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
 from locfedmix.config import validate
 from locfedmix.config_files import apply_overrides, read_toml
+from locfedmix.errors import UserError
 
 HERE = Path(__file__).parent
 BASE = HERE.parent / "configs" / "paper" / "fmnist.toml"
@@ -108,14 +113,64 @@ def run_cell(out: Path, config, threads: int | None = None) -> None:
     run(config, out, overwrite=True, progress=False)
 
 
+def identity(config) -> str:
+    """What a run computes: its config without the settings that only place it or pace it (engine, evaluation
+    batch, logging, checkpoints). Cells of equal identity are one experiment: `scalability`'s N = 10 cells are
+    `convergence`'s, the `full` ablation is `convergence`'s locfedmix."""
+    tree = config.model_dump(mode="json", exclude={"engine", "log", "checkpoint_every"})
+    tree["eval"].pop("batch_size")
+    return json.dumps(tree, sort_keys=True)
+
+
+def finished_runs(grid_dir: Path) -> dict[str, Path]:
+    """identity → a finished run of the grid (runs whose config no longer validates are passed over)."""
+    runs: dict[str, Path] = {}
+    for summary in sorted(grid_dir.glob("*/*/seed*/summary.json")):
+        try:
+            runs.setdefault(identity(validate(read_toml(summary.parent / "config.toml"))), summary.parent)
+        except UserError:
+            continue
+    return runs
+
+
+def reuse(out: Path, source: Path, grid_dir: Path) -> None:
+    """The cell's run is `source`'s: copy its config and metrics; its summary names where it came from."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.toml", "metrics.csv"):
+        shutil.copy2(source / name, out / name)
+    summary = json.loads((source / "summary.json").read_text()) | {"copied_from": str(source.relative_to(grid_dir))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def run_grid(grid_dir: Path, cells: list[tuple[str, str, dict]], seeds: dict[str, int], rounds: int,
              settings: list[str], workers: int) -> None:
     """Every unfinished (cell, seed), seed 0 of every cell first so that a grid cut short has the widest coverage;
-    with `workers` > 1 in that many processes (spawned: CUDA cannot be forked)."""
+    with `workers` > 1 in that many processes (spawned: CUDA cannot be forked). A cell that is another's run
+    (equal identity) is run once and copied."""
     todo = [(s, grid_dir / e / label / f"seed{s}", cell_config(o, s, rounds, settings))
             for s in range(max(seeds.values(), default=0)) for e, label, o in cells if s < seeds[e]]
     todo.sort(key=lambda item: (item[0], -cell_cost(item[2])))  # longest first within a seed: workers end together
-    todo = [(out, config) for _, out, config in todo if not (out / "summary.json").exists()]
+    sources, copies, fresh = finished_runs(grid_dir), [], []
+    for _, out, config in todo:
+        if (out / "summary.json").exists():
+            continue
+        key = identity(config)
+        if key in sources:
+            copies.append((out, sources[key]))
+        else:
+            sources[key] = out
+            fresh.append((out, config))
+    for out, source in copies:  # those of finished runs now, the rest once their run has finished
+        if (source / "summary.json").exists():
+            reuse(out, source, grid_dir)
+    run_fresh(fresh, workers)
+    for out, source in copies:
+        if not (out / "summary.json").exists():
+            reuse(out, source, grid_dir)
+
+
+def run_fresh(todo: list[tuple[Path, Any]], workers: int) -> None:
+    """Run the cells (output directory, config), in this process or in `workers` processes."""
     if workers == 1:
         for out, config in tqdm(todo, desc="cells"):
             run_cell(out, config)

@@ -155,6 +155,17 @@ def readings_lines(readings: dict[str, list[dict]], convergence: dict[str, list[
     return lines
 
 
+def copies_note(grid_dir: Path) -> str:
+    """How many runs stand in two experiments (equal configs up to placement: reproduce.identity)."""
+    summaries = [json.loads(p.read_text()) for p in grid_dir.glob("*/*/seed*/summary.json")]
+    copied = sum("copied_from" in s for s in summaries)
+    if not copied:
+        return ""
+    return (f" {copied} of the {len(summaries)} runs stand in a second experiment with the same configuration "
+            "(up to device, engine and evaluation batch; e.g. `scalability` at N = 10 is `convergence`): their "
+            "summary.json names the run (`copied_from`).")
+
+
 def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> str:
     """The whole report: the header, `preface` (the findings), then one section per experiment."""
     parts = [f"# Reproduction of LocFedMix-SL's claims ({grid_dir.name} grid)", "",
@@ -162,7 +173,8 @@ def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> 
              f"`{os.path.relpath(grid_dir)}`; every number is mean ± std over seeds. "
              "Fashion-MNIST, 1,000 IID samples per client unless the cell says otherwise, the small CNN cut after "
              "its two conv blocks (the 2-core CPU budget), Adam 1e-3 on clients and server, batch 32. "
-             "Simulated seconds use the `phone-lte` profile; the target accuracy is 80%.", "", *preface]
+             "Simulated seconds use the `phone-lte` profile; the target accuracy is 80%." + copies_note(grid_dir),
+             "", *preface]
     for experiment in grid:
         cells = load_cells(grid_dir, experiment)
         if not cells:

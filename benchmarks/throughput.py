@@ -130,11 +130,12 @@ def markdown(rows: list[dict], device: str) -> str:
              "clients whose forward the step recomputes in backward instead of keeping its activations "
              "(engine.activation_memory_mb). "
              "`python benchmarks/throughput.py` regenerates this file.", "",
-             "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work | work ratio "
-             "| peak MB |",
-             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work "
+             "| work ratio | peak MB |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | {r.get('recomputed', 0):.0%} | "
+        lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | "
+                     f"{r.get('recomputed', 0):.0%} | "
                      f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {r['ratio']:.2f} | "
                      f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
                      f"{r['peak_memory_mb']:.0f} |")

@@ -64,6 +64,34 @@ def test_report_summarizes_finished_cells(tmp_path):
     assert (report.parent / "reproduction-tiny-convergence.csv").exists()
 
 
+def test_a_cell_equal_to_another_runs_once_and_is_copied(tmp_path, monkeypatch):
+    """`scalability`'s sfl at N = 10 is `convergence`'s sfl: one run (on whichever device), copied and labelled."""
+    ran = []
+
+    def fake_run(out, config, threads=None):
+        ran.append(out)
+        out.mkdir(parents=True)
+        (out / "config.toml").write_text(f'algorithm = "{config.algorithm}"\n')
+        (out / "metrics.csv").write_text("round,test_accuracy\n1,0.5\n")
+        (out / "summary.json").write_text(json.dumps({"device": config.engine.device}))
+
+    monkeypatch.setattr(reproduce, "run_cell", fake_run)
+    cells = [("convergence", "sfl", {"algorithm": "sfl"}),
+             ("scalability", "sfl-n10", {"algorithm": "sfl", "n_clients": 10}),
+             ("scalability", "sfl-n5", {"algorithm": "sfl", "n_clients": 5})]
+    seeds = {"convergence": 1, "scalability": 1}
+    reproduce.run_grid(tmp_path, cells, seeds, 2, ["engine.device=cpu", "eval.batch_size=7"], workers=1)
+    ran = sorted(p.relative_to(tmp_path).as_posix() for p in ran)
+    assert ran == ["convergence/sfl/seed0", "scalability/sfl-n5/seed0"]
+    copied = json.loads((tmp_path / "scalability/sfl-n10/seed0/summary.json").read_text())
+    assert copied == {"device": "cpu", "copied_from": "convergence/sfl/seed0"}
+    assert (tmp_path / "scalability/sfl-n10/seed0/metrics.csv").read_text().endswith("0.5\n")
+    assert reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 0, 2, ["engine.device=cuda"])) == \
+        reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 0, 2, []))
+    assert reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 1, 2, [])) != \
+        reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 0, 2, []))
+
+
 @pytest.mark.parametrize("budget, recomputed", [([], 0.0), (["--activation-mb", "0"], 1.0)])
 def test_throughput_cell_reports_rates_and_memory(budget, recomputed):
     """The per-cell path of benchmarks/throughput.py (the one each subprocess runs), on the CPU in a blink."""

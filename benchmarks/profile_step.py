@@ -5,7 +5,8 @@ samples per client (the throughput benchmark's model and data), next to the same
     python benchmarks/profile_step.py --cells sflv1/1000/1 --device cuda
 
 Writes benchmarks/results/PROFILE.md (PROFILE-cuda.md on a GPU): per cell the share of wall time in each operator
-(self time, top rows) and the share left to Python outside any operator — the simulator's own overhead.
+(self time, top rows) and the share left to Python outside any operator — the simulator's own overhead — and the
+round's operator calls (views included; on a GPU most of the rest are kernel launches).
 """
 
 import argparse
@@ -63,8 +64,9 @@ def main() -> None:
         algorithm, n, k = cell.split("/")
         rate = split_rate(algorithm, int(n), int(k), 2.0, "auto", device)[0]
         prof, seconds, engine = profiled_round(algorithm, int(n), int(k), device)
+        calls = sum(e.count for e in prof.key_averages())
         out += [f"## {algorithm}, {n} clients × {k} ({engine}): {rate:.0f} samples/s, "
-                f"{seconds:.2f} s per profiled round", "", *table(prof, seconds), ""]
+                f"{seconds:.2f} s and {calls} operator calls per profiled round", "", *table(prof, seconds), ""]
         print(f"{cell}: {seconds:.2f} s per round", flush=True)
     name = "PROFILE.md" if device.type == "cpu" else f"PROFILE-{device.type}.md"
     Path(RESULTS / name).write_text("\n".join(out))

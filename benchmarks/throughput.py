@@ -82,14 +82,13 @@ def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str
     return fed, indices, execute
 
 
-def split_rate(args: argparse.Namespace, algorithm: str, n_clients: int, per_client: int,
-               device: torch.device) -> tuple[float, str, float, float]:
+def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str, device: torch.device,
+               activation_mb: float | None = None) -> tuple[float, str, float, float]:
     """Samples/s over whole rounds, the pool, the work per sample, and the share of clients whose forward is
     recomputed in backward (engines/memory.py)."""
-    fed, indices, execute = warm_federation(algorithm, n_clients, per_client, args.engine[0], device,
-                                            args.activation_mb[0] if args.activation_mb else None)
+    fed, indices, execute = warm_federation(algorithm, n_clients, per_client, engine, device, activation_mb)
     rounds, start = 0, clock(device)
-    while rounds == 0 or clock(device) - start < args.seconds:
+    while rounds == 0 or clock(device) - start < seconds:
         rounds += 1
         train_round(fed, indices, BATCH, rounds, execute)
     rate = rounds * n_clients * per_client / (clock(device) - start)
@@ -112,7 +111,8 @@ def run_cell(args: argparse.Namespace) -> None:
     algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
     device = resolve_device(args.device)
     central = centralized_rate(args.seconds, device)
-    rate, engine, work, recomputed = split_rate(args, algorithm, n_clients, per_client, device)
+    rate, engine, work, recomputed = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine[0], device,
+                                                args.activation_mb[0] if args.activation_mb else None)
     print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients,
                       "per_client": per_client, "engine": engine, "recomputed": recomputed,
                       "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import make_federation
 from locfedmix.algorithms.schedule import client_batches
-from locfedmix.engines.federation import data_step, train_round
+from locfedmix.engines.federation import data_step, gather_batches, train_round
 from locfedmix.engines.step import server_step
 from locfedmix.rng import numpy_generator
 
@@ -269,3 +270,34 @@ def test_sglr_scales_the_server_learning_rate_with_the_number_of_clients():
     assert fed.server.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 4 ** 0.5)
     assert make_federation("psl", sizes=[1] * 4, n_clients=4, server_optimizer__lr=0.01).server.optimizers[0] \
         .param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+class ComputeCounter(TorchDispatchMode):
+    """Counts the operators that compute (views excluded): on a GPU, each is a kernel launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("algorithm", ["psl", "locfedmix", "sglr"])
+def test_a_step_computes_with_as_many_operators_for_40_clients_as_for_4(algorithm, data):
+    """The server sees one batch however many clients sent it: the data gather, the loss, SmashMix's pairs, the
+    backward and the cut gradients are a fixed number of operators, not a few per client."""
+    x, y = data
+    counts = []
+    for n in (4, 40):
+        fed = make_federation(algorithm, n_clients=n)
+        plan = {i: torch.tensor([i]) for i in range(n)}
+        with ComputeCounter() as counter:
+            batches = gather_batches(x, y, plan)
+        uploads = {i: fed.clients.lower(i)(bx).detach().requires_grad_(True) for i, (bx, _) in batches.items()}
+        labels = {i: by for i, (_, by) in batches.items()}
+        with counter:
+            server_step(fed.algo, fed.server, uploads, labels, fed.weights(list(range(n))), numpy_generator(0, "mix"))
+        counts.append(counter.count)
+    assert counts[0] == counts[1]

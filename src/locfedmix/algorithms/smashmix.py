@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locfedmix.algorithms.parts import SmashMix
+from locfedmix.algorithms.server_batch import ServerBatch
 
 
 def draw_partners(client_ids: list[int], partners: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -35,29 +36,28 @@ def mixed_cross_entropy(
     return lam * ce_i + (1 - lam) * ce_j
 
 
-def smashmix_loss(
-    upper: nn.Module,
-    smashed: dict[int, torch.Tensor],
-    labels: dict[int, torch.Tensor],
-    weights: dict[int, float],
-    mixer: SmashMix,
-    rng: np.random.Generator,
-) -> torch.Tensor | None:
-    """Σ_i δ_i (1/n_s) Σ_j L̃_ij over the drawn pairs, all mixed batches in one forward; None when no pair exists."""
-    pairs = draw_partners(sorted(smashed), mixer.partners, rng)
+def smashmix_loss(upper: nn.Module, batch: ServerBatch, mixer: SmashMix,
+                  rng: np.random.Generator) -> torch.Tensor | None:
+    """Σ_i δ_i (1/n_s) Σ_j L̃_ij over the drawn pairs, all mixed batches in one forward; None when no pair exists.
+    The draws are made pair by pair; the mixing itself is a few gathers over the server's batch."""
+    pairs = draw_partners(sorted(batch.ids), mixer.partners, rng)
     if not pairs:
         return None
-    n_s = len(pairs) // len(smashed)
-    mixed, y_a, y_b, lams, scale = [], [], [], [], []
+    n_s = len(pairs) // len(batch.ids)
+    size = dict(zip(batch.ids, batch.sizes))
+    start = dict(zip(batch.ids, np.cumsum([0, *batch.sizes[:-1]])))
+    rows_i, rows_j, lams, scale = [], [], [], []
     for i, j in pairs:
-        b = smashed[i].shape[0]
+        b = size[i]
         draws = rng.beta(mixer.alpha, mixer.alpha, size=b if mixer.per_sample else 1)
-        lam = torch.as_tensor(draws, dtype=smashed[i].dtype, device=smashed[i].device).expand(b)
-        align = torch.arange(b) % smashed[j].shape[0]  # pair sample k of i with sample k (mod b_j) of j
-        mixed.append(mix(smashed[i].detach(), smashed[j].detach()[align], lam))
-        y_a.append(labels[i])
-        y_b.append(labels[j][align])
-        lams.append(lam)
-        scale.append(torch.full((b,), weights[i] / (n_s * b), dtype=smashed[i].dtype, device=smashed[i].device))
-    per_sample = mixed_cross_entropy(upper(torch.cat(mixed)), torch.cat(y_a), torch.cat(y_b), torch.cat(lams))
-    return (per_sample * torch.cat(scale)).sum()
+        rows_i.append(start[i] + np.arange(b))
+        rows_j.append(start[j] + np.arange(b) % size[j])  # pair sample k of i with sample k (mod b_j) of j
+        lams.append(np.broadcast_to(draws, (b,)))
+        scale.append(np.full(b, batch.weights[i] / (n_s * b)))
+    data = batch.data.detach()
+    as_tensor = lambda parts, dtype: torch.as_tensor(np.concatenate(parts), dtype=dtype, device=data.device)
+    rows_i, rows_j = as_tensor(rows_i, torch.long), as_tensor(rows_j, torch.long)
+    lam = as_tensor(lams, data.dtype)
+    logits = upper(mix(data[rows_i], data[rows_j], lam))
+    per_sample = mixed_cross_entropy(logits, batch.labels[rows_i], batch.labels[rows_j], lam)
+    return (per_sample * as_tensor(scale, data.dtype)).sum()

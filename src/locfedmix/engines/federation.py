@@ -129,11 +129,21 @@ def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: to
 StepExecutor = Callable[["Federation", StepPlan], float]
 
 
+def gather_batches(x: torch.Tensor, y: torch.Tensor, plan: StepPlan) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Every client's mini-batch of the step, gathered in one indexing operation (views of it per client)."""
+    if not plan:
+        return {}
+    ids = list(plan)
+    rows = torch.cat([torch.as_tensor(plan[i]) for i in ids]).to(x.device)
+    sizes = [len(plan[i]) for i in ids]
+    return dict(zip(ids, zip(x[rows].split(sizes), y[rows].split(sizes))))
+
+
 def data_step(x: torch.Tensor, y: torch.Tensor) -> StepExecutor:
     """Run a planned step for real on the training tensors; returns the step's Σ δ_i L_i."""
 
     def execute(fed: Federation, plan: StepPlan) -> float:
-        batches = {i: (x[idx], y[idx]) for i, idx in plan.items()}
+        batches = gather_batches(x, y, plan)
         mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
         return train_step(fed.algo, fed.clients, fed.server, batches, fed.weights(plan), mix_rng, fed.ledger,
                           fed.defence, fed.step)

@@ -15,6 +15,7 @@ from locfedmix.algorithms.catalog import Algorithm
 from locfedmix.algorithms.gradmix import mix_gradients
 from locfedmix.algorithms.objectives import receives_server_gradient
 from locfedmix.algorithms.parts import ServerLayout
+from locfedmix.algorithms.server_batch import ServerBatch
 from locfedmix.algorithms.smashmix import smashmix_loss
 from locfedmix.engines.clients import Batches, ClientPool, Smashed
 from locfedmix.engines.state import Server
@@ -74,39 +75,39 @@ def record_step(ledger: Ledger, uploads: dict[int, torch.Tensor], labels: dict[i
         ledger.send_tensor(i, Kind.GRADIENT, Direction.DOWN, grad)
 
 
-def real_loss(upper: torch.nn.Module, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
-              weights: dict[int, float]) -> torch.Tensor:
-    """Σ_i δ_i L_i with L_i the mean CE of client i's batch; all uploads go through the upper model as one batch."""
-    ids = list(uploads)
-    logits = upper(torch.cat([uploads[i] for i in ids]))
-    ce = F.cross_entropy(logits, torch.cat([labels[i] for i in ids]), reduction="none")
-    parts = ce.split([uploads[i].shape[0] for i in ids])
-    return torch.stack([weights[i] * part.mean() for i, part in zip(ids, parts)]).sum()
+def real_loss(upper: torch.nn.Module, batch: ServerBatch) -> torch.Tensor:
+    """Σ_i δ_i L_i with L_i the mean CE of client i's batch: each sample's CE weighted by δ_i / b_i."""
+    ce = F.cross_entropy(upper(batch.data), batch.labels, reduction="none")
+    return (ce * batch.per_sample([batch.weights[i] / b for i, b in zip(batch.ids, batch.sizes)])).sum()
 
 
 def server_step(algo: Algorithm, server: Server, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
                 weights: dict[int, float], mix_rng: np.random.Generator) -> tuple[float, dict[int, torch.Tensor]]:
-    """Update the upper model(s); return the real loss and each client's cut gradient ∂L_i/∂s_i (own loss, unweighted)."""
+    """Update the upper model(s); return the real loss and each client's cut gradient ∂L_i/∂s_i (own loss, unweighted;
+    none when the uploads do not require grad)."""
     if algo.server_layout is ServerLayout.PER_CLIENT:
         return _per_client_server_step(server, uploads, labels, weights)
+    batch = ServerBatch.of(uploads, labels, weights)
     upper, optimizer = server.uppers[0], server.optimizers[0]
     optimizer.zero_grad(set_to_none=True)
-    loss = real_loss(upper, uploads, labels, weights)
+    loss = real_loss(upper, batch)
     total = loss
     if algo.mixer is not None and not algo.mixer.extra_step:
-        mixed = smashmix_loss(upper, uploads, labels, weights, algo.mixer, mix_rng)
+        mixed = smashmix_loss(upper, batch, algo.mixer, mix_rng)
         total = loss if mixed is None else loss + mixed
     total.backward()
     optimizer.step()
     if algo.mixer is not None and algo.mixer.extra_step:
         optimizer.zero_grad(set_to_none=True)
-        mixed = smashmix_loss(upper, uploads, labels, weights, algo.mixer, mix_rng)
+        mixed = smashmix_loss(upper, batch, algo.mixer, mix_rng)
         if mixed is not None:
             mixed.backward()
             optimizer.step()
+    if batch.data.grad is None:
+        return loss.item(), {}
     # The server loss is Σ δ_i L_i, so its gradient at s_i is δ_i ∂L_i/∂s_i; the client gets its own loss's gradient.
-    grads = {i: u.grad / weights[i] for i, u in uploads.items() if u.grad is not None}
-    return loss.item(), grads
+    delta = batch.per_sample([weights[i] for i in batch.ids]).view(-1, *[1] * (batch.data.dim() - 1))
+    return loss.item(), batch.split(batch.data.grad / delta)
 
 
 def _per_client_server_step(server: Server, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],

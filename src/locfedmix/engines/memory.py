@@ -1,11 +1,11 @@
 """Bounding a step's activation memory.
 
 Every client's forward graph lives until the server's cut gradient comes back, so a step of N clients × b samples
-holds N·b samples' activations at once: about 350 kB a CIFAR image through the CNN's two conv blocks, 5.6 GB for
-1000 × 16. Above a budget the clients' forward runs without keeping its activations and is recomputed, client group
-by client group, during their backward (torch.utils.checkpoint): one more client forward per step, and only one
-group's activations alive at a time. Same values: the recomputation repeats the forward with the same random state.
-"""
+holds N·b samples' activations at once: 340 kB a CIFAR image through the CNN's two conv blocks (by
+saved_bytes_per_sample), 5.4 GB for 1000 × 16. Over a budget, clients keep their activations while the kept total
+fits; the others run their forward without keeping them and recompute it, group by group, during their backward
+(torch.utils.checkpoint): one more forward for those clients only, and one recomputed group alive at a time. Same
+values: the recomputation repeats the forward with the same random state."""
 
 import copy
 

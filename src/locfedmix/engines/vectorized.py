@@ -107,8 +107,9 @@ class StackedClients(InProcess):
     def forward(self, batches: Batches) -> Smashed:
         groups = self._groups(batches)
         recompute = self.budget.plan(batches, groups)
-        return Smashed([(ids, run_forward(self.lowers, ids, torch.stack([batches[i][0] for i in ids]), recompute=again))
-                        for ids, again in zip(groups, recompute)])
+        stacked = [(ids, torch.stack([batches[i][0] for i in ids])) for ids in groups]
+        return Smashed([(ids, run_forward(self.lowers, ids, x, recompute=again))
+                        for (ids, x), again in zip(stacked, recompute)])
 
     def _local_losses(self, objective: ClientObjective, ids: list[int], out: torch.Tensor,
                       batches: Batches, nopeek: float) -> torch.Tensor | None:

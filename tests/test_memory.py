@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import make_federation
 from locfedmix.engines.memory import ActivationBudget, saved_bytes_per_sample
-from test_engines import DEFENCES, close, trained
+from test_engines import DEFENCES, same_models, trained
 
 FLOAT = 4
 # a relay, per-client server copies, a classifier head, a decoder: the algorithms' different step shapes
@@ -20,19 +20,6 @@ def test_saved_bytes_per_sample_counts_what_backward_keeps():
     assert saved_bytes_per_sample(module, torch.rand(5, 1, 4, 4)) == (16 + 32) * FLOAT
 
 
-def equal_runs(a, b) -> None:
-    """Equal to float rounding: the stacked pool's groups, and so its grouped convolutions, may differ."""
-    for i in range(3):
-        for x, y in zip(a.clients.lower(i).state_dict().values(), b.clients.lower(i).state_dict().values()):
-            close(x, y)
-        if a.clients.has_head:
-            for x, y in zip(a.clients.head(i).parameters(), b.clients.head(i).parameters()):
-                close(x, y)
-    for ua, ub in zip(a.server.uppers, b.server.uppers):
-        for x, y in zip(ua.parameters(), ub.parameters()):
-            close(x, y)
-
-
 @pytest.mark.parametrize("engine", ["loop", "vectorized"])
 @pytest.mark.parametrize("algorithm", SHAPES)
 def test_recomputed_forward_gives_the_same_training(algorithm, engine, data):
@@ -42,7 +29,7 @@ def test_recomputed_forward_gives_the_same_training(algorithm, engine, data):
     assert recomputed.clients.budget.exceeded(one_sample)
     assert not kept.clients.budget.exceeded(one_sample)
     np.testing.assert_allclose(kept_losses, recomputed_losses, rtol=1e-6)
-    equal_runs(kept, recomputed)
+    same_models(kept, recomputed)
 
 
 @pytest.mark.parametrize("algorithm", ["psl", "locfedmix"])
@@ -61,7 +48,7 @@ def test_over_the_budget_groups_of_two_keep_or_recompute_and_give_the_same_train
     recomputed, recomputed_losses = trained(algorithm, "vectorized", data,
                                             engine__activation_memory_mb=two_clients / 2**20, **DEFENCES)
     np.testing.assert_allclose(kept_losses, recomputed_losses, rtol=1e-6)
-    equal_runs(kept, recomputed)
+    same_models(kept, recomputed)
     batches = {i: (x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]) for i in range(3)}
     assert [ids for ids, _ in recomputed.clients.forward(batches).groups] == [[0, 1], [2]]
     assert [ids for ids, _ in kept.clients.forward(batches).groups] == [[0, 1, 2]]

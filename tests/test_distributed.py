@@ -219,16 +219,19 @@ def test_on_one_machine_the_workers_listen_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_SOCKET_IFNAME")}
     agent = subprocess.Popen([*TORCHRUN, "--nproc_per_node=2", *RUN, "--config", str(config), *DISTRIBUTED],
                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    found_by_worker: dict[int, dict[str, str]] = {}
+    agents_own: set[str] = set()  # a child briefly holds the agent's sockets between fork and exec
     seen: dict[int, set[str]] = {}
     try:
         while agent.poll() is None and not (len(seen) == 2 and all(seen.values())):
             try:
-                agents_own = listening_sockets(agent.pid)  # a child briefly holds these between fork and exec
+                agents_own |= set(listening_sockets(agent.pid))
                 for worker in children(agent.pid):
-                    found = listening_sockets(worker)
-                    seen.setdefault(worker, set()).update(a for inode, a in found.items() if inode not in agents_own)
+                    found_by_worker.setdefault(worker, {}).update(listening_sockets(worker))
             except (FileNotFoundError, ProcessLookupError):
                 pass  # a process ended between the listing and the read
+            seen = {w: {a for inode, a in found.items() if inode not in agents_own}
+                    for w, found in found_by_worker.items()}
             time.sleep(0.05)
     finally:
         agent.kill()

@@ -65,8 +65,10 @@ def main() -> None:
         rate = split_rate(algorithm, int(n), int(k), 2.0, "auto", device)[0]
         prof, seconds, engine = profiled_round(algorithm, int(n), int(k), device)
         calls = sum(e.count for e in prof.key_averages())
+        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 if device.type == "cuda" else None
         out += [f"## {algorithm}, {n} clients × {k} ({engine}): {rate:.0f} samples/s, "
-                f"{seconds:.2f} s and {calls} operator calls per profiled round", "", *table(prof, seconds), ""]
+                f"{seconds:.2f} s and {calls} operator calls per profiled round"
+                + (f", GPU kernels busy {busy:.3f} s" if busy is not None else ""), "", *table(prof, seconds), ""]
         print(f"{cell}: {seconds:.2f} s per round", flush=True)
     name = "PROFILE.md" if device.type == "cpu" else f"PROFILE-{device.type}.md"
     Path(RESULTS / name).write_text("\n".join(out))

@@ -8,7 +8,7 @@ from conftest import make_federation
 from locfedmix.config import OptimizerConfig
 from locfedmix.engines.federation import data_step, train_round
 from locfedmix.engines.stacked_optim import StackedOptimizer
-from locfedmix.engines.vectorized import StackedModule
+from locfedmix.engines.vectorized import StackedModule, channels_last_maps
 
 ALGORITHMS = ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr", "mix2sfl"]
 # unequal shares: clients run out of batches at different steps and last batches differ in size
@@ -110,3 +110,13 @@ def test_vectorized_engine_equals_the_loop_with_every_defence_on(algorithm, data
     for a, b in zip(loop.server.uppers, stacked.server.uppers):
         for pa, pb in zip(a.parameters(), b.parameters()):
             close(pa, pb)
+
+
+def test_the_decoder_gets_channels_last_maps_on_the_cpu_only():
+    """On the CPU the stacked decoder reads channels-last maps (same values); CUDA's bilinear upsampling under vmap
+    cannot query that layout, so maps elsewhere pass unchanged."""
+    maps = torch.rand(2, 3, 4, 5, 5)
+    last = channels_last_maps(maps)
+    assert torch.equal(last, maps) and last.stride(2) == 1
+    elsewhere = torch.empty(2, 3, 4, 5, 5, device="meta")
+    assert channels_last_maps(elsewhere) is elsewhere

@@ -18,6 +18,8 @@ def test_saved_bytes_per_sample_counts_what_backward_keeps():
     """conv keeps its input (1×4×4), relu its output (2×4×4); the weights are not activations."""
     module = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
     assert saved_bytes_per_sample(module, torch.rand(5, 1, 4, 4)) == (16 + 32) * FLOAT
+    one_of_a_thousand = torch.rand(1000, 1, 4, 4)[:1]  # a client's batch is a view into the step's batch
+    assert saved_bytes_per_sample(module, one_of_a_thousand) == (16 + 32) * FLOAT
 
 
 @pytest.mark.parametrize("engine", ["loop", "vectorized"])

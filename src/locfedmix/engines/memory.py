@@ -18,7 +18,9 @@ Batches = dict[int, tuple[torch.Tensor, torch.Tensor]]  # as engines.clients.Bat
 
 def saved_bytes_per_sample(module: nn.Module, x: torch.Tensor) -> float:
     """Bytes that autograd keeps for backward per sample of `x` through `module` (parameters excluded; tensors
-    sharing storage counted once)."""
+    sharing storage counted once). `x` is measured on a copy: a client's batch is a view into the step's gathered
+    batch, whose whole storage would otherwise count as this batch's (at 1,000 clients × 1 sample, 1,000 samples'
+    worth of input per sample)."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     storages: dict[int, int] = {}
 
@@ -29,7 +31,7 @@ def saved_bytes_per_sample(module: nn.Module, x: torch.Tensor) -> float:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
+        module(x.clone())
     return sum(storages.values()) / len(x)
 
 

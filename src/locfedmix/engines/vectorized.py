@@ -76,8 +76,12 @@ def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
     """Stacked maps [clients, batch, C, H, W] stored with C innermost: vmap then hands the head a channels-last
     batch, the layout in which the decoder's upsampling and convolutions skip their conversions (see
     models.auxiliary.ChannelsLast, which vmap cannot run). Same values; the decoder ran 1.45× faster at 1000 × 1.
-    Only for the decoder: LocSplitFed's pooling head falls back to a slow batching rule on this layout."""
-    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
+    Only for the decoder: LocSplitFed's pooling head falls back to a slow batching rule on this layout. Only on the
+    CPU: on CUDA, bilinear upsampling under vmap decomposes into operators that refuse to query this layout ("NYI:
+    querying is_contiguous inside of vmap")."""
+    if t.dim() != 5 or t.device.type != "cpu":
+        return t
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 class StackedClients(InProcess):

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.algorithms.parts import Parallel
 from locfedmix.api import peak_memory_mb
-from locfedmix.config import validate
+from locfedmix.config import Layout, validate
+from locfedmix.engines.clients import loop_layout
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import build_federation, data_step, train_round
 from locfedmix.latency.model import mixed_samples
@@ -49,10 +50,13 @@ def clock(device: torch.device) -> float:
 
 
 def centralized_rate(seconds: float, device: torch.device) -> float:
+    """Plain training of lower∘upper in the layout the loop pool would use (channels-last on the CPU, as in the
+    issue's reference measurement)."""
     model = build_split_model("cnn", SHAPE, CLASSES)
-    net = torch.nn.Sequential(model.lower, model.upper).to(device)
+    layout = loop_layout(model.lower.to(device), Layout.AUTO)
+    net = torch.nn.Sequential(model.lower, model.upper).to(device, memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.rand(CENTRAL_BATCH, *SHAPE, device=device)
+    x = torch.rand(CENTRAL_BATCH, *SHAPE, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, CLASSES, (CENTRAL_BATCH,), device=device)
     samples, start = 0, None
     while start is None or clock(device) - start < seconds:

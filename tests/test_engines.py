@@ -16,7 +16,10 @@ SIZES = [10, 6, 7]
 
 
 def trained(algorithm: str, engine: str, data, **overrides):
+    """Two rounds on 3 clients; the loop keeps the stacked pool's contiguous layout unless told otherwise
+    (engines.clients.loop_layout)."""
     x, y = data
+    overrides.setdefault("engine__layout", "contiguous")
     fed = make_federation(algorithm, sizes=SIZES, n_clients=3, engine__kind=engine, **overrides)
     starts = np.cumsum([0, *SIZES])
     indices = [np.arange(starts[i], starts[i + 1]) for i in range(3)]
@@ -120,3 +123,19 @@ def test_the_decoder_gets_channels_last_maps_on_the_cpu_only():
     assert torch.equal(last, maps) and last.stride(2) == 1
     elsewhere = torch.empty(2, 3, 4, 5, 5, device="meta")
     assert channels_last_maps(elsewhere) is elsewhere
+
+
+def test_the_loop_runs_conv_lowers_channels_last_on_the_cpu_with_the_same_step(data):
+    """`auto` lays a convolutional lower model out channels-last on the CPU; one step then gives the contiguous
+    layout's loss and weights to float rounding (SGD: no Adam normalisation of near-zero gradients)."""
+    sgd = {"client_optimizer__name": "sgd", "server_optimizer__name": "sgd"}
+    feds = {layout: make_federation("psl", n_clients=3, engine__kind="loop", engine__layout=layout, **sgd)
+            for layout in ("auto", "contiguous")}
+    conv = {k: [p for p in f.clients.lower(0).parameters() if p.dim() == 4][-1] for k, f in feds.items()}  # 32→64
+    assert conv["auto"].is_contiguous(memory_format=torch.channels_last) and not conv["auto"].is_contiguous()
+    assert conv["contiguous"].is_contiguous()
+    x, y = data
+    indices = [np.arange(4 * i, 4 * i + 4) for i in range(3)]
+    losses = {k: train_round(f, indices, 4, 1, data_step(x, y)) for k, f in feds.items()}
+    assert losses["auto"] == pytest.approx(losses["contiguous"], rel=1e-6)
+    same_models(feds["auto"], feds["contiguous"])

@@ -107,8 +107,15 @@ class EngineKind(StrEnum):
     VECTORIZED = "vectorized"  # all clients stacked along a client dimension, run with torch.func.vmap
 
 
+class Layout(StrEnum):
+    AUTO = "auto"  # channels-last for convolutional lower models in the loop pool on the CPU, contiguous elsewhere
+    CHANNELS_LAST = "channels_last"
+    CONTIGUOUS = "contiguous"
+
+
 class EngineConfig(_Section):
     kind: EngineKind = EngineKind.AUTO
+    layout: Layout = Field(Layout.AUTO, description="memory layout of the loop pool's lower models and images")
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
     activation_memory_mb: float = Field(
         2048, ge=0, allow_inf_nan=False,

@@ -14,7 +14,7 @@ from torch import nn
 from locfedmix.algorithms.fedavg import federated_average
 from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective
-from locfedmix.config import OptimizerConfig
+from locfedmix.config import Layout, OptimizerConfig
 from locfedmix.engines.memory import ActivationBudget, run_forward
 from locfedmix.engines.state import build_optimizer
 
@@ -95,23 +95,39 @@ class LoopClient:
     optimizer: torch.optim.Optimizer
 
 
+def loop_layout(lower: nn.Module, layout: Layout) -> torch.memory_format:
+    """`auto`: channels-last for convolutional lower models on the CPU, where max-pooling's NCHW kernel is slow
+    (1.1 ms against 0.08 ms for 16 maps of 32×32×32): psl at 100 × 16 ran 3,600 → 4,400 samples/s. Values equal to
+    float rounding; Adam's first steps and BatchNorm on tiny batches amplify those into visible differences, so the
+    pools' equality tests compare in one layout."""
+    if layout is Layout.AUTO:
+        params = list(lower.parameters())
+        on_cpu_conv = any(p.dim() == 4 for p in params) and params[0].device.type == "cpu"
+        layout = Layout.CHANNELS_LAST if on_cpu_conv else Layout.CONTIGUOUS
+    return torch.channels_last if layout is Layout.CHANNELS_LAST else torch.contiguous_format
+
+
 class LoopClients(InProcess):
     """One module set and one optimizer per client, run one after another."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig,
-                 budget: ActivationBudget):
+                 budget: ActivationBudget, layout: Layout = Layout.AUTO):
         self.n, self.has_head, self.budget = n, head is not None, budget
+        self.layout = loop_layout(lower, layout)
         self.clients = []
         for _ in range(n):
-            own_lower, own_head = copy.deepcopy(lower), copy.deepcopy(head)
+            own_lower, own_head = copy.deepcopy(lower).to(memory_format=self.layout), copy.deepcopy(head)
             params = list(own_lower.parameters()) + (list(own_head.parameters()) if own_head is not None else [])
             self.clients.append(LoopClient(own_lower, own_head, build_optimizer(params, optimizer)))
 
     def forward(self, batches: Batches) -> Smashed:
         ids = sorted(batches)
         recompute = self.budget.plan(batches, [[i] for i in ids])
-        return Smashed([([i], run_forward(self.clients[i].lower, batches[i][0], recompute=again).unsqueeze(0))
-                        for i, again in zip(ids, recompute)])
+        return Smashed([([i], run_forward(self.clients[i].lower, self._laid_out(batches[i][0]),
+                                          recompute=again).unsqueeze(0)) for i, again in zip(ids, recompute)])
+
+    def _laid_out(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.layout) if x.dim() == 4 else x
 
     def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
                           cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:

@@ -123,7 +123,7 @@ def build_pool(config: Config, algo: Algorithm, lower: torch.nn.Module, head: to
     budget = ActivationBudget(config.engine.activation_memory_mb, lower, head)
     if kind is EngineKind.VECTORIZED:
         return StackedClients(lower, head, n, config.client_optimizer, config.engine.chunk_clients, budget)
-    return LoopClients(lower, head, n, config.client_optimizer, budget)
+    return LoopClients(lower, head, n, config.client_optimizer, budget, config.engine.layout)
 
 
 StepExecutor = Callable[["Federation", StepPlan], float]

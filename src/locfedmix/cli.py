@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         commands = {"run": _run, "latency": _latency, "report": _report, "algorithms": lambda _: _algorithms()}
         commands[args.command](args)
+        leave(together=True)
     except UserError as err:
         if is_primary():  # every rank meets the same mistake; one line is enough
             print(f"locfedmix: error: {one_line(err)}", file=sys.stderr)

@@ -117,8 +117,13 @@ def lost_peer(err: BaseException) -> bool:
     return dist.is_initialized() and (isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text)
 
 
-def leave() -> None:
+def leave(together: bool = False) -> None:
+    """Tear the process group down; `together` (a run that ended well on every rank): after a barrier. Without it a
+    rank that tore its gloo group down while another was still finishing made that one abort at exit ("terminate
+    called without an active exception") in 2 of 18 two-rank sweeps on this machine."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -11,6 +11,7 @@ from locfedmix.algorithms.objectives import client_loss
 from locfedmix.algorithms.parts import ClientObjective, Reconstruction
 from locfedmix.config import OptimizerConfig
 from locfedmix.engines.clients import Batches, InProcess, Smashed
+from locfedmix.engines.kernels import for_device
 from locfedmix.engines.memory import ActivationBudget, run_forward
 from locfedmix.engines.stacked_optim import StackedOptimizer
 
@@ -19,11 +20,11 @@ class StackedModule:
     """One module's parameters and buffers for N clients, stacked [N, ...]; `template` only lends the structure."""
 
     def __init__(self, template: nn.Module, n: int):
-        self.template = copy.deepcopy(template)
         stack = lambda t: t.detach().unsqueeze(0).repeat(n, *[1] * t.dim()).clone()
         self.params = {k: stack(v).requires_grad_(True) for k, v in template.named_parameters()}
         self.buffers = {k: stack(v) for k, v in template.named_buffers()}
         self.device = next(iter(self.params.values())).device
+        self.template = for_device(copy.deepcopy(template), self.device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.params, **self.buffers}

@@ -120,7 +120,7 @@ def lost_peer(err: BaseException) -> bool:
 def leave(together: bool = False) -> None:
     """Tear the process group down; `together` (a run that ended well on every rank): after a barrier. Without it a
     rank that tore its gloo group down while another was still finishing made that one abort at exit ("terminate
-    called without an active exception") in 2 of 18 two-rank sweeps on this machine."""
+    called without an active exception") in 2 of 21 two-rank sweeps on this machine; none in 80 after."""
     if dist.is_initialized():
         if together:
             dist.barrier()

@@ -76,11 +76,60 @@ def test_clients_that_sit_out_a_step_are_not_touched():
     before = [p.detach().clone() for p in params]
     out = module([1, 3], torch.randn(2, 5, 3))
     out.square().sum().backward()
+    module.take_grads()
     opt.step(torch.tensor([1, 3]))
     for p, b in zip(params, before):
         assert torch.equal(p[0], b[0]) and torch.equal(p[2], b[2])
         assert not torch.equal(p[1], b[1]) and not torch.equal(p[3], b[3])
     assert opt.steps.tolist() == [0, 1, 0, 1]
+
+
+def test_gradients_of_lent_rows_land_in_their_rows_of_the_stack():
+    """Groups lent as separate leaves (a contiguous run, a gathered pair, a row whose loss is never back-propagated):
+    each row's gradient is what that client's own module gets, zero for the row without a loss."""
+    g = torch.Generator().manual_seed(2)
+    module = StackedModule(torch.nn.Linear(3, 2), 5)
+    with torch.no_grad():
+        module.params["weight"].copy_(torch.randn(5, 2, 3, generator=g))
+    x = torch.randn(5, 4, 3, generator=g)
+    losses = [module(ids, x[ids]).square().sum() for ids in ([0, 1], [2, 4], [3])]
+    (losses[0] + losses[1]).backward()
+    module.take_grads()
+    for i in range(5):
+        own = module.module(i)
+        if i != 3:
+            own(x[i]).square().sum().backward()
+            torch.testing.assert_close(module.params["weight"].grad[i], own.weight.grad)
+        else:
+            assert not module.params["weight"].grad[i].any()
+    assert not module.lent
+    module([0], x[:1])
+    module.take_grads()
+    assert module.params["weight"].grad is None
+
+
+@pytest.mark.parametrize("cfg", [dict(name="adam", lr=0.01, weight_decay=0.1), dict(name="sgd", lr=0.1),
+                                 dict(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.1)])
+def test_stacked_optimizer_equals_one_torch_optimizer_per_client(cfg):
+    """Clients step unequally often (so rows stand at different step counts, and fused updates run per count);
+    every row ends where its own torch optimizer takes a separate copy of the weights."""
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(4, 3, 2, generator=g)
+    stacked = start.clone().requires_grad_(True)
+    opt = StackedOptimizer([stacked], 4, OptimizerConfig(**cfg))
+    torch_opt = getattr(torch.optim, {"adam": "Adam", "sgd": "SGD"}[cfg["name"]])
+    singles = [start[i].clone().requires_grad_(True) for i in range(4)]
+    single_opts = [torch_opt([p], **{k: v for k, v in cfg.items() if k != "name"}) for p in singles]
+    for clients in ([0, 1, 2, 3], [1, 3], [0, 1, 2, 3], [2], [0, 1, 2, 3]):
+        grad = torch.randn(4, 3, 2, generator=g)
+        stacked.grad = grad.clone()
+        opt.step(torch.tensor(clients))
+        for i in clients:
+            singles[i].grad = grad[i].clone()
+            single_opts[i].step()
+    assert opt.steps.tolist() == [3, 4, 4, 4]
+    for i in range(4):
+        torch.testing.assert_close(stacked[i].detach(), singles[i].detach(), atol=1e-7, rtol=1e-6)
 
 
 def test_resnet_with_batchnorm_equals_the_loop():

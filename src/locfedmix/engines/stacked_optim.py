@@ -1,17 +1,17 @@
 """Optimizers over parameters stacked along a client dimension that step exactly as N separate torch optimizers
 would: per-client step counts (Adam's bias correction, SGD's first momentum step), and only the clients that took
-part in a step are touched. The arithmetic follows torch.optim.Adam and SGD (single-tensor path) line by line."""
+part in a step are touched.
+
+The arithmetic is torch's own fused Adam and SGD kernels (those of `torch.optim.Adam(fused=True)` and
+`SGD(fused=True)`), which equal the single-tensor optimizers the loop pool uses, applied once per group of clients
+that share a step count: one pass over the stacked tensors in the usual case where every client has stepped
+equally often (a hand-written per-row Adam made ~12 passes, 23 % of a 1,000 × 1 round on the CPU)."""
 
 import torch
 
 from locfedmix.config import OptimizerConfig, OptimizerName
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which the loop engine uses
-
-
-def _rows(like: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A per-client scalar [K] shaped to broadcast against stacked tensors [K, ...]."""
-    return values.to(like.dtype).view(-1, *[1] * (like.dim() - 1))
 
 
 class StackedOptimizer:
@@ -21,45 +21,38 @@ class StackedOptimizer:
         self.steps = torch.zeros(n_clients, dtype=torch.float64, device=params[0].device)
         self.first = [torch.zeros_like(p) for p in params]  # Adam's exp_avg, or SGD's momentum buffer
         self.second = [torch.zeros_like(p) for p in params] if self.adam else []  # Adam's exp_avg_sq
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self.moments = [self.first, self.second] if self.adam else [self.first] if cfg.momentum else []
 
     @torch.no_grad()
     def step(self, clients: torch.Tensor) -> None:
-        """Update the rows of `clients` (client indices) from the gradients accumulated in `.grad`."""
-        full = len(clients) == len(self.steps)
+        """Update the rows of `clients` (sorted client indices) from the gradients accumulated in `.grad`."""
         self.steps[clients] += 1
-        steps = self.steps if full else self.steps[clients]
-        for k, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            state = [p, self.first[k]] + ([self.second[k]] if self.adam else [])
-            rows = state if full else [t.index_select(0, clients) for t in state]
-            grad = p.grad if full else p.grad.index_select(0, clients)
-            if self.cfg.weight_decay:
-                grad = grad.add(rows[0], alpha=self.cfg.weight_decay)
-            (self._adam if self.adam else self._sgd)(steps, grad, *rows)
-            if not full:
-                for target, row in zip(state, rows):
-                    target.index_copy_(0, clients, row)
+        live = [k for k, p in enumerate(self.params) if p.grad is not None]
+        counts = self.steps[clients]
+        for count in counts.unique().tolist() if live else []:
+            rows = clients[counts == count]
+            self._step_rows(live, rows, int(count), whole=len(rows) == len(self.steps))
 
-    def _adam(self, steps: torch.Tensor, grad: torch.Tensor, param, exp_avg, exp_avg_sq) -> None:
-        beta1, beta2 = ADAM_BETAS
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = self.cfg.lr / (1 - beta1 ** steps)
-        bias_correction2_sqrt = (1 - beta2 ** steps).sqrt()
-        denom = (exp_avg_sq.sqrt() / _rows(param, bias_correction2_sqrt)).add_(ADAM_EPS)
-        param.sub_(_rows(param, step_size) * (exp_avg / denom))
-
-    def _sgd(self, steps: torch.Tensor, grad: torch.Tensor, param, buf) -> None:
-        if self.cfg.momentum:
-            first_step = _rows(buf, steps == 1).bool()
-            buf.copy_(torch.where(first_step, grad, buf * self.cfg.momentum + grad))
-            grad = buf
-        param.add_(grad, alpha=-self.cfg.lr)
+    def _step_rows(self, live: list[int], rows: torch.Tensor, count: int, whole: bool) -> None:
+        """One fused update of parameters `live` for the clients `rows`, all at step `count`: in place when they
+        are every client, on gathered copies written back otherwise."""
+        pick = (lambda t: t) if whole else (lambda t: t.index_select(0, rows))
+        params = [pick(self.params[k]) for k in live]
+        grads = [pick(self.params[k].grad) for k in live]
+        state = [[pick(moment[k]) for k in live] for moment in self.moments]
+        cfg = self.cfg
+        if self.adam:
+            steps = [torch.full((), float(count), device=p.device) for p in params]
+            torch._fused_adam_(params, grads, *state, [], steps, lr=cfg.lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
+                               weight_decay=cfg.weight_decay, eps=ADAM_EPS, amsgrad=False, maximize=False)
+        else:
+            torch._fused_sgd_(params, grads, *(state or [[]]), weight_decay=cfg.weight_decay,
+                              momentum=cfg.momentum, lr=cfg.lr, dampening=0.0, nesterov=False, maximize=False,
+                              is_first_step=count == 1)
+        if not whole:
+            for targets, picked in zip([self.params, *self.moments], [params, *state]):
+                for k, row in zip(live, picked):
+                    targets[k].index_copy_(0, rows, row)
 
     def state_dict(self) -> dict:
         return {"steps": self.steps.clone(), "first": [t.clone() for t in self.first],

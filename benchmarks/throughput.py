@@ -15,6 +15,7 @@ writes the same names with a -quick suffix; --tag names them).
 """
 
 import argparse
+import copy
 import csv
 import itertools
 import json
@@ -35,6 +36,7 @@ from locfedmix.config import Layout, validate
 from locfedmix.engines.clients import loop_layout
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import build_federation, data_step, train_round
+from locfedmix.latency.flops import count_flops
 from locfedmix.latency.model import mixed_samples
 from locfedmix.models import build_split_model
 
@@ -103,9 +105,11 @@ def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, 
 
 
 def work_per_sample(fed, per_client: int) -> float:
-    """FLOPs the algorithm spends per training sample, relative to plain training of lower∘upper: the decoder or
-    auxiliary head and SmashMix's extra server samples are real work of the algorithm, not simulator overhead."""
-    f = fed.flops
+    """FLOPs the algorithm spends per training sample, relative to plain training of lower∘upper, as this process
+    computes them (the decoder's factored first layer at its real cost): the decoder or auxiliary head and
+    SmashMix's extra server samples are real work of the algorithm, not simulator overhead."""
+    modules = [fed.clients.lower(0), fed.server.uppers[0], fed.clients.head(0)]
+    f = count_flops(*[copy.deepcopy(m).cpu() if m is not None else None for m in modules], SHAPE, as_computed=True)
     plain = f.lower_fwd + f.lower_bwd + f.upper_fwd + f.upper_bwd
     mixed = mixed_samples(fed.algo, {i: per_client for i in range(fed.clients.n)}) / (fed.clients.n * per_client)
     return (plain + f.head_fwd + f.head_bwd + mixed * (f.upper_fwd + f.upper_bwd)) / plain
@@ -128,8 +132,9 @@ def markdown(rows: list[dict], device: str) -> str:
     where = torch.cuda.get_device_name() if device == "cuda" else f"{rows[0]['threads']} threads"
     lines = [f"# Throughput ({device}, {where})", "",
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
-             "the same process. *work* is the algorithm's FLOPs per sample over plain training's (the decoder, the "
-             "auxiliary head and SmashMix's extra server samples are the algorithm's own work); *work ratio* = "
+             "the same process. *work* is the algorithm's FLOPs per sample over plain training's, as computed here "
+             "(the decoder, the auxiliary head and SmashMix's extra server samples are the algorithm's own work; the "
+             "decoder's first layer runs factored, models.auxiliary.UpsampledConv); *work ratio* = "
              "ratio × work, the FLOP rate achieved relative to centralized training. *recomputed*: the share of "
              "clients whose forward the step recomputes in backward instead of keeping its activations "
              "(engine.activation_memory_mb). "

@@ -274,3 +274,25 @@ def test_pinning_leaves_multi_machine_runs_and_user_choices_alone(monkeypatch, w
             monkeypatch.setenv(key, chosen)
     pin_to_loopback()
     assert [os.environ.get(key) for key in IFNAMES] == [expected, expected]
+
+
+LEAVE = """
+import os
+from locfedmix.config import validate
+from locfedmix.engines.distributed import join, leave
+join(validate({"algorithm": "psl", "dataset": "digits", "rounds": 1, "batch_size": 4, "n_clients": 1,
+               "engine": {"distributed": True}}), __import__("torch").device("cpu"))
+import torch.distributed.nn.functional  # torch imports it lazily during a run; its defaults capture the group
+leave(together=True)
+print(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from /proc (Linux)")
+def test_leaving_stops_the_groups_threads_before_interpreter_shutdown():
+    """Gloo threads still running when Python shuts down abort the process at exit; after leave() none is left."""
+    env = {**one_thread(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "1",
+           "RANK": "0", "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, "-c", LEAVE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gloo" not in done.stdout, done.stdout

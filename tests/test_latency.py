@@ -8,10 +8,11 @@ import pytest
 from conftest import make_config, make_federation
 from locfedmix.cli import main
 from locfedmix.engines.federation import data_step, train_round
-from locfedmix.latency.flops import SampleFlops
+from locfedmix.latency.flops import SampleFlops, count_flops
 from locfedmix.latency.ledger import Direction, Kind, Message
 from locfedmix.latency.model import Profile, step_phases, transfer_seconds
 from locfedmix.latency.report import round_breakdown
+from locfedmix.models import build_decoder, build_split_model
 
 # cnn on 1×8×8, cut after two conv blocks: smashed data 64×2×2 floats per sample
 SMASHED = 64 * 2 * 2 * 4
@@ -163,3 +164,13 @@ def test_latency_command_prints_every_algorithm(tmp_path, capsys):
         assert f"| {name} |" in out
     assert main(["latency", "--config", str(tmp_path / "c.toml"), "--set", "latency.profile='moon'"]) == 2
     assert "unknown latency profile 'moon'" in capsys.readouterr().err
+
+
+
+def test_the_decoder_is_charged_as_specified_not_as_computed():
+    """The simulator computes the decoder's first layer factored (models.auxiliary.UpsampledConv, ~7x fewer
+    multiply-adds); the latency model charges InfoPro's resize-then-convolve: 2 FLOPs per multiply-add of the two
+    3×3 convolutions at the input resolution, none for the resizing."""
+    model = build_split_model("cnn", (3, 32, 32), 10)
+    flops = count_flops(model.lower, model.upper, build_decoder(model.cut_shape, (3, 32, 32)), (3, 32, 32))
+    assert flops.head_fwd == 2 * 32 * 32 * 9 * (64 * 16 + 16 * 3)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locfedmix.errors import UserError
+from locfedmix.models.auxiliary import UpsampledConv
 from locfedmix.models import (
     build_aux_classifier,
     build_decoder,
@@ -103,6 +104,35 @@ def test_aux_modules_shapes(cut_shape: tuple[int, ...]) -> None:
     assert build_aux_classifier(cut_shape, 10)(s).shape == (5, 10)
     assert build_decoder(cut_shape, (1, 28, 28))(s).shape == (5, 1, 28, 28)
     assert build_decoder(cut_shape, (3, 32, 32), hidden=8)(s).shape == (5, 3, 32, 32)
+
+
+@pytest.mark.parametrize("small,size", [((8, 8), (32, 32)), ((7, 5), (28, 11)), ((2, 2), (8, 8))])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsampled_conv_is_upsample_then_conv(small, size, layout) -> None:
+    """The factored decoder layer gives nn.Upsample(bilinear) + nn.Conv2d(3×3, padding 1)'s values and gradients
+    (input, weight, bias), at square and odd sizes, from either layout, and under vmap with per-client weights.
+    In float64, so that the two summation orders agree to 1e-10."""
+    g = torch.Generator().manual_seed(0)
+    layer = UpsampledConv(6, 4, size).double()
+    reference = layer.specified()
+    assert isinstance(reference[0], nn.Upsample) and reference[1] is layer.conv
+    x = torch.randn(3, 6, *small, generator=g, dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    weight = torch.randn(3, 4, *size, generator=g, dtype=torch.float64)
+    grads = []
+    for module in (layer, reference):
+        out = module(x)
+        got = torch.autograd.grad((out * weight).sum(), [x, layer.conv.weight, layer.conv.bias])
+        grads.append((out, *got))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
+    stacked = {k: torch.randn(2, *v.shape, generator=g, dtype=torch.float64) for k, v in layer.named_parameters()}  # conv.weight, .bias
+    maps = torch.randn(2, 3, 6, *small, generator=g, dtype=torch.float64)
+    batched = torch.func.vmap(lambda p, s: torch.func.functional_call(layer, p, (s,)))(stacked, maps)
+    for k in range(2):
+        one = {"1." + name.split(".")[1]: t[k] for name, t in stacked.items()}
+        torch.testing.assert_close(batched[k], torch.func.functional_call(reference, one, (maps[k],)),
+                                   atol=1e-10, rtol=1e-10)
 
 
 def test_aux_classifier_is_tiny() -> None:

@@ -65,12 +65,21 @@ def join(config: Config, device: torch.device) -> tuple[Shard | None, torch.devi
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         pin_to_loopback()
+        import_group_defaults()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=config.engine.timeout_s))
     if dist.get_world_size() > config.n_clients:
         raise UserError(f"{dist.get_world_size()} processes for n_clients={config.n_clients}; "
                         "each rank needs at least one client")
     return Shard(dist.get_rank(), dist.get_world_size(), config.n_clients), device
+
+
+def import_group_defaults() -> None:
+    """Import torch.distributed.nn.functional before the group exists. Its collectives take `group=group.WORLD`
+    as a default argument, evaluated on import: imported later (something in torch does, lazily), they keep the
+    default group alive after destroy_process_group, its gloo threads run into interpreter shutdown, and one of
+    them aborts the process at exit ("terminate called without an active exception": 2 of 30 two-rank runs)."""
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def pin_to_loopback() -> None:
@@ -118,9 +127,8 @@ def lost_peer(err: BaseException) -> bool:
 
 
 def leave(together: bool = False) -> None:
-    """Tear the process group down; `together` (a run that ended well on every rank): after a barrier. Without it a
-    rank that tore its gloo group down while another was still finishing made that one abort at exit ("terminate
-    called without an active exception") in 2 of 21 two-rank sweeps on this machine; none in 80 after."""
+    """Tear the process group down; `together` (a run that ended well on every rank): after a barrier, so that no
+    rank tears its gloo group down while another still uses it (see also import_group_defaults)."""
     if dist.is_initialized():
         if together:
             dist.barrier()

@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import train_round
+from locfedmix.engines.host_memory import keep_freed_host_memory
 from throughput import BATCH, RESULTS, split_rate, warm_federation
 
 TOP = 8
@@ -55,6 +56,7 @@ def main() -> None:
                                                        "locfedmix/100/16"], help="ALGORITHM/N/K")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    keep_freed_host_memory()  # as a `locfedmix run` and throughput.py do
     device = resolve_device(args.device)
     out = [f"# Where a round's time goes ({device.type}, {torch.get_num_threads()} threads)", "",
            "One warm round under torch.profiler (`python benchmarks/profile_step.py` regenerates this file). Shares "

@@ -36,6 +36,7 @@ from locfedmix.config import Layout, validate
 from locfedmix.engines.clients import loop_layout
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import build_federation, data_step, train_round
+from locfedmix.engines.host_memory import keep_freed_host_memory
 from locfedmix.latency.flops import count_flops
 from locfedmix.latency.model import mixed_samples
 from locfedmix.models import build_split_model
@@ -117,6 +118,8 @@ def work_per_sample(fed, per_client: int) -> float:
 
 def run_cell(args: argparse.Namespace) -> None:
     algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
+    if args.host_memory == "keep":  # before either rate: both run under the same allocator settings
+        keep_freed_host_memory()
     device = resolve_device(args.device)
     central = centralized_rate(args.seconds, device)
     rate, engine, work, recomputed = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine[0], device,
@@ -125,7 +128,8 @@ def run_cell(args: argparse.Namespace) -> None:
                       "per_client": per_client, "engine": engine, "recomputed": recomputed,
                       "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,
                       "work_per_sample": work, "work_ratio": rate * work / central,
-                      "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}))
+                      "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads(),
+                      "host_memory": args.host_memory}))
 
 
 def markdown(rows: list[dict], device: str) -> str:
@@ -137,7 +141,8 @@ def markdown(rows: list[dict], device: str) -> str:
              "decoder's first layer runs factored, models.auxiliary.UpsampledConv); *work ratio* = "
              "ratio × work, the FLOP rate achieved relative to centralized training. *recomputed*: the share of "
              "clients whose forward the step recomputes in backward instead of keeping its activations "
-             "(engine.activation_memory_mb). "
+             "(engine.activation_memory_mb). Both rates run with freed host memory kept for reuse, as a "
+             f"`locfedmix run` does (engine.keep_host_memory; this table: `{rows[0]['host_memory']}`). "
              "`python benchmarks/throughput.py` regenerates this file.", "",
              "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work "
              "| work ratio | peak MB |",
@@ -165,6 +170,9 @@ def main() -> None:
                         help="engine.activation_memory_mb (default: the config's); several give one row each")
     parser.add_argument("--tag", help="results named throughput_<tag> and THROUGHPUT-<tag>.md (default: the device, "
                                       "with -quick for --quick)")
+    parser.add_argument("--host-memory", default="keep", choices=["keep", "system"],
+                        help="keep: freed host memory is reused, as `locfedmix run` does (engine.keep_host_memory); "
+                             "system: glibc's defaults")
     parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -176,7 +184,7 @@ def main() -> None:
     rows = []
     for a, n, k, engine, budget in tqdm(list(cells), desc="throughput"):
         cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
-               "--engine", engine, "--device", args.device]
+               "--engine", engine, "--device", args.device, "--host-memory", args.host_memory]
         cmd += ["--activation-mb", str(budget)] if budget is not None else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

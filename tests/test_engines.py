@@ -1,12 +1,17 @@
 """The stacked (vectorized) client pool computes exactly what the per-client loop computes."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_federation
+from locfedmix.algorithms.parts import ServerGradient
 from locfedmix.config import OptimizerConfig
+from locfedmix.engines.clients import LoopClients
 from locfedmix.engines.federation import data_step, train_round
+from locfedmix.engines.memory import ActivationBudget
 from locfedmix.engines.stacked_optim import StackedOptimizer
 from locfedmix.engines.vectorized import StackedModule, channels_last_maps
 
@@ -61,9 +66,8 @@ def test_adam_state_matches_per_client_torch_adam(data):
     stacked, _ = trained("locfedmix", "vectorized", data)
     opt = stacked.clients.optimizer
     for i in range(3):
-        torch_state = loop.clients.clients[i].optimizer.state
-        torch_params = list(loop.clients.clients[i].optimizer.param_groups[0]["params"])
-        for k, p in enumerate(torch_params):
+        torch_state = loop.clients.optimizer.state
+        for k, p in enumerate(loop.clients.clients[i].parameters()):
             assert float(torch_state[p]["step"]) == opt.steps[i].item()
             close(torch_state[p]["exp_avg"], opt.first[k][i])
             close(torch_state[p]["exp_avg_sq"], opt.second[k][i])
@@ -130,6 +134,32 @@ def test_stacked_optimizer_equals_one_torch_optimizer_per_client(cfg):
     assert opt.steps.tolist() == [3, 4, 4, 4]
     for i in range(4):
         torch.testing.assert_close(stacked[i].detach(), singles[i].detach(), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [dict(name="adam", lr=0.01, weight_decay=0.1),
+                                 dict(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.1)])
+def test_the_loops_one_optimizer_steps_as_one_torch_optimizer_per_client(cfg):
+    """The loop pool steps every client's parameters in one optimizer call; clients that sit out steps (so stand at
+    different step counts) end where separate copies with their own torch optimizers end."""
+    g = torch.Generator().manual_seed(5)
+    template = torch.nn.Linear(3, 2)
+    pool = LoopClients(template, None, 3, OptimizerConfig(**cfg), ActivationBudget(1e6, template))
+    singles = [copy.deepcopy(template) for _ in range(3)]
+    torch_opt = getattr(torch.optim, {"adam": "Adam", "sgd": "SGD"}[cfg["name"]])
+    single_opts = [torch_opt(m.parameters(), **{k: v for k, v in cfg.items() if k != "name"}) for m in singles]
+    for clients in ([0, 1, 2], [1], [0, 2], [1]):
+        batches = {i: (torch.randn(4, 3, generator=g), torch.zeros(4, dtype=torch.long)) for i in clients}
+        cut_grads = {i: torch.randn(4, 2, generator=g) for i in clients}
+        pool.backward_and_step(ServerGradient(), pool.forward(batches), cut_grads, batches)
+        for i in clients:
+            single_opts[i].zero_grad()
+            singles[i](batches[i][0]).backward(cut_grads[i])
+            single_opts[i].step()
+    for i in range(3):
+        for mine, theirs in zip(pool.lower(i).parameters(), singles[i].parameters()):
+            torch.testing.assert_close(mine.detach(), theirs.detach(), atol=1e-7, rtol=1e-6)
+    if cfg["name"] == "adam":
+        assert [float(pool.optimizer.state[pool.lower(i).weight]["step"]) for i in range(3)] == [2, 3, 2]
 
 
 def test_resnet_with_batchnorm_equals_the_loop():

@@ -17,6 +17,7 @@ from locfedmix.engines.device import resolve_device
 from locfedmix.engines.distributed import agree, is_primary, join, world_size
 from locfedmix.errors import UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
+from locfedmix.engines.host_memory import keep_freed_host_memory
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
@@ -164,6 +165,8 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     if config.log.tensorboard and out is None:
         raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
+    if config.engine.keep_host_memory:
+        keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
     data = federate(config)
     data.dataset = ds = data.dataset.to(device)

@@ -124,6 +124,9 @@ class EngineConfig(_Section):
                         description="auto = the first CUDA device if there is one, else cpu")
     distributed: bool = Field(False, description="shard the clients over the processes torchrun starts")
     timeout_s: float = Field(300.0, gt=0, description="a collective waiting longer than this fails the run")
+    keep_host_memory: bool = Field(
+        True, description="keep freed host memory for the next step instead of returning it to the OS "
+                          "(glibc; engines/host_memory.py)")
 
 
 class ParticipationConfig(_Section):

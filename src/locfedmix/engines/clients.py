@@ -92,7 +92,9 @@ class InProcess:
 class LoopClient:
     lower: nn.Module
     head: nn.Module | None
-    optimizer: torch.optim.Optimizer
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.lower.parameters()) + (list(self.head.parameters()) if self.head is not None else [])
 
 
 def loop_layout(lower: nn.Module, layout: Layout) -> torch.memory_format:
@@ -108,17 +110,20 @@ def loop_layout(lower: nn.Module, layout: Layout) -> torch.memory_format:
 
 
 class LoopClients(InProcess):
-    """One module set and one optimizer per client, run one after another."""
+    """One module set per client, run one after another.
+
+    One torch optimizer holds every client's parameters: its state is per parameter and it skips parameters without
+    a gradient, so it steps exactly as one optimizer per client would (clients that sit out a step keep their
+    weights and step counts), in one fused call per step instead of one per client (at 100 × 16, `locfedmix`'s
+    100 Adam calls took 20 ms of a 630 ms round)."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig,
                  budget: ActivationBudget, layout: Layout = Layout.AUTO):
         self.n, self.has_head, self.budget = n, head is not None, budget
         self.layout = loop_layout(lower, layout)
-        self.clients = []
-        for _ in range(n):
-            own_lower, own_head = copy.deepcopy(lower).to(memory_format=self.layout), copy.deepcopy(head)
-            params = list(own_lower.parameters()) + (list(own_head.parameters()) if own_head is not None else [])
-            self.clients.append(LoopClient(own_lower, own_head, build_optimizer(params, optimizer)))
+        self.clients = [LoopClient(copy.deepcopy(lower).to(memory_format=self.layout), copy.deepcopy(head))
+                        for _ in range(n)]
+        self.optimizer = build_optimizer([p for c in self.clients for p in c.parameters()], optimizer)
 
     def forward(self, batches: Batches) -> Smashed:
         ids = sorted(batches)
@@ -134,9 +139,9 @@ class LoopClients(InProcess):
         """Back-propagate each client's cut gradient (if any) into what it uploaded and its local loss (if any) from
         its raw smashed data, then step."""
         raw = smashed.raw_per_client()
+        self.optimizer.zero_grad(set_to_none=True)
         for i, s in smashed.per_client().items():
             client = self.clients[i]
-            client.optimizer.zero_grad(set_to_none=True)
             roots, grads = [], []
             if i in cut_grads:
                 roots.append(s)
@@ -147,7 +152,7 @@ class LoopClients(InProcess):
                 grads.append(torch.ones_like(local))
             if roots:
                 torch.autograd.backward(roots, grads)
-            client.optimizer.step()
+        self.optimizer.step()
 
     def lower(self, i: int) -> nn.Module:
         return self.clients[i].lower
@@ -172,15 +177,15 @@ class LoopClients(InProcess):
             federated_average([c.head for c in self.clients], weights)
 
     def state_dict(self) -> dict:
-        return {"clients": [{"lower": c.lower.state_dict(), "head": c.head.state_dict() if c.head else None,
-                             "optimizer": c.optimizer.state_dict()} for c in self.clients]}
+        return {"clients": [{"lower": c.lower.state_dict(), "head": c.head.state_dict() if c.head else None}
+                            for c in self.clients], "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         for client, saved in zip(self.clients, state["clients"]):
             client.lower.load_state_dict(saved["lower"])
             if client.head is not None:
                 client.head.load_state_dict(saved["head"])
-            client.optimizer.load_state_dict(saved["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def identical(self) -> bool:
         first = self.clients[0].lower.state_dict()

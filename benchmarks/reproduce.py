@@ -7,7 +7,8 @@
     python benchmarks/reproduce.py --workers 12 --set engine.device=cuda --set eval.batch_size=1000   # on a GPU
 
 Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
-whose summary.json exists is skipped, so an interrupted grid resumes where it stopped; a cell whose config equals
+whose summary.json exists is skipped and a run cut short continues from its last checkpoint, so an interrupted grid
+resumes where it stopped; a cell whose config equals
 another's up to placement (device, engine, evaluation batch) is that run, copied (its summary.json says
 `copied_from`). The report
 (benchmarks/results/REPRODUCTION.md, CSVs and PNG plots beside it) is rebuilt from whatever cells have finished.
@@ -107,10 +108,21 @@ def cell_cost(config) -> float:
 
 def run_cell(out: Path, config, threads: int | None = None) -> None:
     """One run; `threads` caps the worker's intra-op threads so that parallel workers do not oversubscribe the
-    cores (14 workers × 16 threads each left an H200 mostly idle)."""
+    cores (14 workers × 16 threads each left an H200 mostly idle). A run of the same identity that was cut short
+    (a grid stopped or crashed; N = 100 runs take 10-20 CPU minutes) continues from its last checkpoint, ending with
+    the numbers of an uninterrupted run (api.run's resume)."""
     if threads:
         torch.set_num_threads(threads)
-    run(config, out, overwrite=True, progress=False)
+    resume = (out / "checkpoint.pt").exists() and same_identity(out, config)
+    run(config, out, overwrite=not resume, progress=False, resume=resume)
+
+
+def same_identity(out: Path, config) -> bool:
+    """Whether the run directory `out` holds a run of `config` (up to placement: see `identity`)."""
+    try:
+        return identity(validate(read_toml(out / "config.toml"))) == identity(config)
+    except (UserError, OSError):
+        return False
 
 
 def identity(config) -> str:

@@ -18,6 +18,7 @@ import reliability  # noqa: E402
 import reproduce  # noqa: E402
 from reproduction_findings import findings  # noqa: E402
 from reproduction_report import load_cells, write_report  # noqa: E402
+from test_logs import events, interrupt_at  # noqa: E402
 
 
 @pytest.mark.parametrize("quick", [True, False])
@@ -90,6 +91,27 @@ def test_a_cell_equal_to_another_runs_once_and_is_copied(tmp_path, monkeypatch):
         reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 0, 2, []))
     assert reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 1, 2, [])) != \
         reproduce.identity(reproduce.cell_config({"algorithm": "sfl"}, 0, 2, []))
+
+
+def test_a_cell_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """A grid stopped mid-run loses no finished round: the cell resumes and ends equal to an uninterrupted run."""
+    config = validate({"algorithm": "locfedmix", "dataset": "synthetic", "n_clients": 2, "samples_per_client": 20,
+                       "rounds": 3, "batch_size": 10, "seed": 4})
+    reproduce.run_cell(tmp_path / "whole", config)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            reproduce.run_cell(tmp_path / "cut", config)
+    reproduce.run_cell(tmp_path / "cut", config)
+    starts = [e for e in events(tmp_path / "cut") if e["event"] == "run_start"]
+    assert [e["resumed_from_round"] for e in starts] == [None, 2]
+    assert (tmp_path / "cut/metrics.csv").read_text() == (tmp_path / "whole/metrics.csv").read_text()
+    other = config.model_copy(update={"seed": 5})  # another run's checkpoint is not resumed: the cell starts over
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            reproduce.run_cell(tmp_path / "cut", other)
+    assert [e["resumed_from_round"] for e in events(tmp_path / "cut") if e["event"] == "run_start"] == [None]
 
 
 @pytest.mark.parametrize("budget, recomputed", [([], 0.0), (["--activation-mb", "0"], 1.0)])

@@ -162,6 +162,31 @@ def test_the_loops_one_optimizer_steps_as_one_torch_optimizer_per_client(cfg):
         assert [float(pool.optimizer.state[pool.lower(i).weight]["step"]) for i in range(3)] == [2, 3, 2]
 
 
+def test_a_checkpoint_with_one_optimizer_per_client_resumes_exactly():
+    """Checkpoints written when the loop pool kept one optimizer per client load into its one optimizer and continue
+    as those optimizers would: client 0 has stepped once (Adam moments, bias correction at step 2 next), client 1
+    never."""
+    g = torch.Generator().manual_seed(2)
+    template = torch.nn.Linear(3, 2)
+    singles = [copy.deepcopy(template) for _ in range(2)]
+    single_opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in singles]
+    singles[0](torch.randn(4, 3, generator=g)).backward(torch.randn(4, 2, generator=g))
+    single_opts[0].step()
+    legacy = copy.deepcopy({"clients": [{"lower": m.state_dict(), "head": None, "optimizer": o.state_dict()}
+                                        for m, o in zip(singles, single_opts)]})  # as saved: no shared tensors
+    pool = LoopClients(template, None, 2, OptimizerConfig(name="adam", lr=0.01), ActivationBudget(1e6, template))
+    pool.load_state_dict(legacy)
+    batches = {i: (torch.randn(4, 3, generator=g), torch.zeros(4, dtype=torch.long)) for i in range(2)}
+    cut_grads = {i: torch.randn(4, 2, generator=g) for i in range(2)}
+    pool.backward_and_step(ServerGradient(), pool.forward(batches), cut_grads, batches)
+    for i in range(2):
+        single_opts[i].zero_grad()
+        singles[i](batches[i][0]).backward(cut_grads[i])
+        single_opts[i].step()
+        for mine, theirs in zip(pool.lower(i).parameters(), singles[i].parameters()):
+            torch.testing.assert_close(mine.detach(), theirs.detach(), atol=1e-7, rtol=1e-6)
+
+
 def test_resnet_with_batchnorm_equals_the_loop():
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g)

@@ -199,7 +199,18 @@ class LoopClients(InProcess):
             client.lower.load_state_dict(saved["lower"])
             if client.head is not None:
                 client.head.load_state_dict(saved["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"] if "optimizer" in state else self._merged(state["clients"]))
+
+    def _merged(self, saved: list[dict]) -> dict:
+        """The one optimizer's state from a checkpoint written when each client had its own optimizer (the loop
+        pool's layout before it shared one): the clients' per-parameter states, renumbered in this pool's order, so
+        such runs still resume."""
+        states, offset = {}, 0
+        for client, own in zip(self.clients, saved):
+            states |= {offset + k: v for k, v in own["optimizer"]["state"].items()}
+            offset += len(client.parameters())
+        return {"state": states, "param_groups": [{**saved[0]["optimizer"]["param_groups"][0],
+                                                   "params": list(range(offset))}]}
 
     def identical(self) -> bool:
         first = self.clients[0].lower.state_dict()

@@ -5,7 +5,9 @@ frees and re-allocates the same tens of megabytes (a server batch of 1,600 smash
 again, page by page, every step. Raising the mmap threshold to glibc's ceiling and the trim threshold out of reach
 keeps those blocks in the heap, the way PyTorch's caching allocator keeps GPU memory. On the 2-core CPU this ran
 centralized training 3,230 → 5,090 samples/s and `locfedmix` at 100 clients × 16 samples 2,260 → 2,850
-(benchmarks/throughput.py measures both under the same setting). Peak memory stayed within 5 %."""
+(benchmarks/throughput.py measures both under the same setting). Peak memory stayed within 5 %. Where a step's
+tensors are small it changes nothing: a Fashion-MNIST run of the reproduction (20 clients, batch 32) trained at the
+same rate and peak with and without it."""
 
 import ctypes
 
@@ -16,7 +18,10 @@ TRIM_THRESHOLD = 2**31 - 1
 
 def keep_freed_host_memory() -> bool:
     """Apply both settings to this process; False (and nothing changed) where the C library has no glibc mallopt."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # no C library to open this way (Windows)
+        return False
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

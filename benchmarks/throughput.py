@@ -141,8 +141,9 @@ def markdown(rows: list[dict], device: str) -> str:
              "decoder's first layer runs factored, models.auxiliary.UpsampledConv); *work ratio* = "
              "ratio × work, the FLOP rate achieved relative to centralized training. *recomputed*: the share of "
              "clients whose forward the step recomputes in backward instead of keeping its activations "
-             "(engine.activation_memory_mb). Both rates run with freed host memory kept for reuse, as a "
-             f"`locfedmix run` does (engine.keep_host_memory; this table: `{rows[0]['host_memory']}`). "
+             "(engine.activation_memory_mb). Both rates run under one host-memory setting (`keep`: freed host "
+             "memory reused, as a `locfedmix run` does by default, engine.keep_host_memory; `system`: glibc's "
+             f"defaults); this table: `{rows[0]['host_memory']}`. "
              "`python benchmarks/throughput.py` regenerates this file.", "",
              "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work "
              "| work ratio | peak MB |",

@@ -206,3 +206,34 @@ def test_alexnet_client_holds_one_conv_and_one_pool() -> None:
     pools = [m for m in model.lower.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert len(convs) == 1 and len(pools) == 1
     assert model.cut_shape == (64, 14, 14)
+
+
+def _relu_then_pool(block: nn.Sequential) -> nn.Sequential:
+    """The block as usually written: every ReLU before the max-pool that follows it (same modules, same weights)."""
+    layers = list(block)
+    for k in range(1, len(layers)):
+        if isinstance(layers[k - 1], nn.MaxPool2d) and isinstance(layers[k], nn.ReLU):
+            layers[k - 1], layers[k] = layers[k], layers[k - 1]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("name", ["cnn", "alexnet"])
+def test_pooling_before_relu_is_bit_identical_to_relu_before_pooling(name: str) -> None:
+    """Values and gradients, on an image with flat regions: windows tied at a positive value (the bias) or all
+    negative, where a wrong reordering would send gradient elsewhere."""
+    model = _build(name, (1, 16, 16), 1)
+    blocks = [b for b in model.lower.children()] + [b for b in model.upper.children()]
+    convs = [b for b in blocks if isinstance(b, nn.Sequential) and any(isinstance(m, nn.MaxPool2d) for m in b)]
+    assert convs and all(isinstance(b[-1], nn.ReLU) and isinstance(b[-2], nn.MaxPool2d) for b in convs)
+    x = torch.zeros(4, 1, 16, 16)
+    x[:, :, 4:9, 3:12] = torch.rand(4, 1, 5, 9)
+    for block in convs:
+        x = x.detach().requires_grad_(True)
+        reference = _relu_then_pool(block)
+        out, expected = block(x), reference(x.clone())
+        assert torch.equal(out, expected)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x, *block.parameters()], grad)
+        want = torch.autograd.grad(expected, [x, *reference.parameters()], grad)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        x = out

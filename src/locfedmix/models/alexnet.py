@@ -1,5 +1,6 @@
 """AlexNet-like CNN of the SGLR calibration experiment (Pal et al. 2021: Fashion-MNIST, 5 clients, one conv layer and
-one max-pool on the client), sized for small grey or colour images, split into five cuttable blocks."""
+one max-pool on the client), sized for small grey or colour images, split into five cuttable blocks. Blocks pool
+before their last ReLU, an exact reordering that runs the ReLU on a quarter of the values (models.cnn)."""
 
 from torch import nn
 
@@ -12,10 +13,10 @@ def build_alexnet_blocks(input_shape: tuple[int, int, int], n_classes: int) -> l
     c_in, h, w = input_shape
     flat = 256 * (h // 8) * (w // 8)
     return [
-        nn.Sequential(nn.Conv2d(c_in, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
-                      nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(c_in, 64, 5, padding=2), nn.MaxPool2d(2), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.MaxPool2d(2), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1),
+                      nn.MaxPool2d(2), nn.ReLU()),
         nn.Sequential(nn.Flatten(), nn.Linear(flat, 512), nn.ReLU()),
         nn.Linear(512, n_classes),
     ]

@@ -243,3 +243,33 @@ def test_the_loop_runs_conv_lowers_channels_last_on_the_cpu_with_the_same_step(d
     losses = {k: train_round(f, indices, 4, 1, data_step(x, y)) for k, f in feds.items()}
     assert losses["auto"] == pytest.approx(losses["contiguous"], rel=1e-6)
     same_models(feds["auto"], feds["contiguous"])
+
+
+def test_the_finite_check_passes_large_values_and_names_the_client_of_an_infinity():
+    """One double-precision sum stands for every value: float32 values near the top of the range, whose float32
+    sum overflows, pass; an infinity anywhere is found and named."""
+    from locfedmix.engines.clients import Smashed
+    from locfedmix.engines.step import check_finite
+    from locfedmix.errors import NumericalError
+
+    big = torch.full((1, 2, 3), 3e38)
+    assert torch.isinf(torch.cat([big, big]).sum())
+    check_finite(0.5, Smashed([([0], big), ([1, 2], torch.cat([big, big]))]), {})
+    broken = torch.cat([big, big]).clone()
+    broken[1, 0, 2] = -float("inf")
+    with pytest.raises(NumericalError, match="client 2's smashed data"):
+        check_finite(0.5, Smashed([([0], big), ([1, 2], broken)]), {})
+    with pytest.raises(NumericalError, match="server loss"):
+        check_finite(float("nan"), Smashed([([0], big)]), {})
+
+
+def test_a_loop_clients_rows_are_views_whose_backward_copies_nothing():
+    """The loop's one-client groups hand out rows by squeezing: the backward to the group is a view, not a
+    zero-filled gradient with the row copied in."""
+    from locfedmix.engines.clients import rows
+
+    out = torch.randn(1, 4, 3, requires_grad=True)
+    ((i, row),) = rows([7], out)
+    assert i == 7 and row.data_ptr() == out.data_ptr() and type(row.grad_fn).__name__.startswith("Squeeze")
+    stacked = torch.randn(3, 4, 3)
+    assert all(torch.equal(r, stacked[k]) for k, (_, r) in enumerate(rows([4, 5, 6], stacked)))

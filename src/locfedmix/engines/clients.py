@@ -36,14 +36,21 @@ class Smashed:
     def per_client(self) -> dict[int, torch.Tensor]:
         """Every client's upload in client-id order: the server's batch has the same layout whichever pool, and
         on whichever rank, produced it (distributed server replicas stay bit-identical)."""
-        mine = {i: out[k] for ids, out in self.groups for k, i in enumerate(ids)}
+        mine = {i: row for ids, out in self.groups for i, row in rows(ids, out)}
         return dict(sorted((mine | self.remote).items()))
 
     def raw_groups(self) -> list[torch.Tensor]:
         return self.raw if self.raw is not None else [out for _, out in self.groups]
 
     def raw_per_client(self) -> dict[int, torch.Tensor]:
-        return {i: out[k] for (ids, _), out in zip(self.groups, self.raw_groups()) for k, i in enumerate(ids)}
+        return {i: row for (ids, _), out in zip(self.groups, self.raw_groups()) for i, row in rows(ids, out)}
+
+
+def rows(ids: list[int], out: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Each client's rows of a group's stacked [K, b, ...] output. A one-client group (the loop pool's) gives its
+    row by squeezing, whose backward is a view as well: indexing's backward zero-fills the group and copies the
+    gradient in, twice per client and step in the loop (its upload and its local loss)."""
+    return list(zip(ids, [out.squeeze(0)] if len(ids) == 1 else out.unbind(0)))
 
 
 class ClientPool(Protocol):

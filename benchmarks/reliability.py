@@ -120,16 +120,22 @@ def observations(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(figures: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
-                 base: dict[str, Any], out: Path) -> str:
+def write_data(figures: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
+               base: dict[str, Any], out: Path) -> None:
+    """Every figure of the report, as JSON, and the sweep as CSV."""
     out.mkdir(parents=True, exist_ok=True)
-    test_size = len(load_dataset(base["dataset"], None, base["seed"]).y_test)
     (out / "reliability.json").write_text(json.dumps({"suite": figures, "kill_resume_trials": trials,
                                                       "sweep_settings": base, "sweep": rows}, indent=2) + "\n")
     with (out / "reliability.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_report(figures: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
+                 base: dict[str, Any], out: Path) -> str:
+    write_data(figures, trials, rows, base, out)
+    test_size = len(load_dataset(base["dataset"], None, base["seed"]).y_test)
     hyp, identical = figures["hypothesis"], sum(t["identical"] for t in trials)
     text = "\n".join([
         "# Reliability", "",

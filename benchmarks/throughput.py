@@ -157,7 +157,7 @@ def markdown(rows: list[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
@@ -175,7 +175,11 @@ def main() -> None:
                         help="keep: freed host memory is reused, as `locfedmix run` does (engine.keep_host_memory); "
                              "system: glibc's defaults")
     parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.cell:
         return run_cell(args)
     if args.quick:

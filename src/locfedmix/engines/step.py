@@ -57,8 +57,8 @@ def check_finite(loss: float, smashed: Smashed, cut_grads: dict[int, torch.Tenso
     five operators and a sync each). Clients are examined one by one only once it fails. A gradient that overflows
     turns the client's weights, and so its next smashed data, non-finite: the next step names it."""
     with torch.no_grad():
-        total = sum((out.sum(dtype=torch.float64) for _, out in smashed.groups), torch.zeros((), dtype=torch.float64))
-    if math.isfinite(loss) and math.isfinite(total.item()):
+        sums = [out.sum(dtype=torch.float64) for _, out in smashed.groups]
+    if math.isfinite(loss) and (not sums or math.isfinite(torch.stack(sums).sum().item())):
         return
     uploads = smashed.per_client()
     for i in sorted(uploads):

@@ -8,22 +8,23 @@ from torch import nn
 
 def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """Σ_i w_i · state_i for every floating tensor (weights are normalised to sum to one); integer buffers such
-    as BatchNorm's batch counter are taken from the first state, as they cannot be averaged meaningfully."""
+    as BatchNorm's batch counter are taken from the first state, as they cannot be averaged meaningfully.
+
+    A running sum, one foreach call per state with a weight: every state is read once and nothing the size of all
+    of them is built (stacking 1,000 SplitFed v1 server copies, 2.1 GB, took most of a 3.3 s round)."""
     if len(states) != len(weights) or not states:
         raise ValueError(f"need one weight per state, got {len(states)} states and {len(weights)} weights")
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
-    averaged = {}
-    for key, first in states[0].items():
-        if first.is_floating_point():
-            stacked = torch.stack([s[key] for s in states])
-            w = torch.tensor([float(x) / total for x in weights], dtype=first.dtype, device=first.device)
-            w = w.view(-1, *[1] * first.dim())
-            averaged[key] = (stacked * w).sum(0)
-        else:
-            averaged[key] = first.clone()
-    return averaged
+    floating = [k for k, v in states[0].items() if v.is_floating_point()]
+    sums = [torch.zeros_like(states[0][k]) for k in floating]
+    with torch.no_grad():
+        for state, weight in zip(states, weights):
+            if weight:
+                torch._foreach_add_(sums, [state[k] for k in floating], alpha=float(weight) / total)
+    averaged = dict(zip(floating, sums))
+    return {k: averaged[k] if k in averaged else v.clone() for k, v in states[0].items()}
 
 
 def federated_average(modules: Sequence[nn.Module], weights: Sequence[float]) -> None:

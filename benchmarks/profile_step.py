@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import train_round
 from locfedmix.engines.host_memory import keep_freed_host_memory
-from throughput import BATCH, RESULTS, split_rate, warm_federation
+from throughput import BATCH, RESULTS, split_meter, warm_federation
 
 TOP = 8
 
@@ -64,7 +64,7 @@ def main() -> None:
            "without the profiler, as in THROUGHPUT.md.", ""]
     for cell in args.cells:
         algorithm, n, k = cell.split("/")
-        rate = split_rate(algorithm, int(n), int(k), 2.0, "auto", device)[0]
+        rate = split_meter(algorithm, int(n), int(k), "auto", device)[0](2.0)
         prof, seconds, engine = profiled_round(algorithm, int(n), int(k), device)
         calls = sum(e.count for e in prof.key_averages())
         busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 if device.type == "cuda" else None

@@ -1,5 +1,6 @@
 """Simulation speed: training samples per second of every algorithm at N clients × k samples per client, as a ratio to
 centralized training of the same model measured in the same process (so machine noise cancels), plus peak memory.
+Both rates are measured `--repeats` times, alternately; a row holds the median ratio and the range of the ratios.
 
     python benchmarks/throughput.py                 # the full grid, N ∈ {1, 10, 100, 1000}, k ∈ {16, 1}
     python benchmarks/throughput.py --quick         # N ∈ {10, 100}, k ∈ {16, 1}, psl / sfl / locfedmix
@@ -22,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,25 +54,32 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def centralized_rate(seconds: float, device: torch.device) -> float:
+def centralized_meter(device: torch.device) -> Callable[[float], float]:
     """Plain training of lower∘upper in the layout the loop pool would use (channels-last on the CPU, as in the
-    issue's reference measurement)."""
+    issue's reference measurement), warmed up by one step; the meter trains for `seconds` and returns samples/s."""
     model = build_split_model("cnn", SHAPE, CLASSES)
     layout = loop_layout(model.lower.to(device), Layout.AUTO)
     net = torch.nn.Sequential(model.lower, model.upper).to(device, memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = torch.rand(CENTRAL_BATCH, *SHAPE, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, CLASSES, (CENTRAL_BATCH,), device=device)
-    samples, start = 0, None
-    while start is None or clock(device) - start < seconds:
+
+    def step() -> None:
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
-        if start is None:  # the first step warms up
-            start = clock(device)
-        else:
-            samples += CENTRAL_BATCH
-    return samples / (clock(device) - start)
+
+    step()
+    return lambda seconds: timed(step, CENTRAL_BATCH, seconds, device)
+
+
+def timed(work: Callable[[], None], samples: int, seconds: float, device: torch.device) -> float:
+    """Samples/s of `work` (`samples` each call), called until `seconds` have passed (at least once)."""
+    calls, start = 0, clock(device)
+    while calls == 0 or clock(device) - start < seconds:
+        work()
+        calls += 1
+    return calls * samples / (clock(device) - start)
 
 
 def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str, device: torch.device,
@@ -89,20 +98,18 @@ def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str
     return fed, indices, execute
 
 
-def split_rate(algorithm: str, n_clients: int, per_client: int, seconds: float, engine: str, device: torch.device,
-               activation_mb: float | None = None) -> tuple[float, str, float, float]:
-    """Samples/s over whole rounds, the pool, the work per sample, and the share of clients whose forward is
-    recomputed in backward (engines/memory.py)."""
+def split_meter(algorithm: str, n_clients: int, per_client: int, engine: str, device: torch.device,
+                activation_mb: float | None = None) -> tuple[Callable[[float], float], str, float, float]:
+    """A warm meter of whole rounds' samples/s, the pool, the work per sample, and the share of clients whose
+    forward is recomputed in backward (engines/memory.py)."""
     fed, indices, execute = warm_federation(algorithm, n_clients, per_client, engine, device, activation_mb)
-    rounds, start = 0, clock(device)
-    while rounds == 0 or clock(device) - start < seconds:
-        rounds += 1
-        train_round(fed, indices, BATCH, rounds, execute)
-    rate = rounds * n_clients * per_client / (clock(device) - start)
+    rounds = itertools.count(1)
+    meter = lambda seconds: timed(lambda: train_round(fed, indices, BATCH, next(rounds), execute),
+                                  n_clients * per_client, seconds, device)
     stepping = list(range(n_clients)) if isinstance(fed.algo.schedule, Parallel) else [0]
     one_batch = (torch.zeros(min(BATCH, per_client), *SHAPE, device=device), torch.zeros(min(BATCH, per_client)))
     plan = fed.clients.budget.plan(dict.fromkeys(stepping, one_batch), [[i] for i in stepping])
-    return rate, type(fed.clients).__name__, work_per_sample(fed, per_client), sum(plan) / len(plan)
+    return meter, type(fed.clients).__name__, work_per_sample(fed, per_client), sum(plan) / len(plan)
 
 
 def work_per_sample(fed, per_client: int) -> float:
@@ -117,26 +124,39 @@ def work_per_sample(fed, per_client: int) -> float:
 
 
 def run_cell(args: argparse.Namespace) -> None:
+    """Both rates measured `--repeats` times, alternately, so that a slow spell of the machine falls on both: the
+    row holds the medians and the median of the per-repeat ratios, with their range."""
     algorithm, n_clients, per_client = args.cell[0], int(args.cell[1]), int(args.cell[2])
     if args.host_memory == "keep":  # before either rate: both run under the same allocator settings
         keep_freed_host_memory()
     device = resolve_device(args.device)
-    central = centralized_rate(args.seconds, device)
-    rate, engine, work, recomputed = split_rate(algorithm, n_clients, per_client, args.seconds, args.engine[0], device,
-                                                args.activation_mb[0] if args.activation_mb else None)
+    central = centralized_meter(device)
+    split, engine, work, recomputed = split_meter(algorithm, n_clients, per_client, args.engine[0], device,
+                                                  args.activation_mb[0] if args.activation_mb else None)
+    pairs = [(split(args.seconds), central(args.seconds)) for _ in range(args.repeats)]
+    ratios = [s / c for s, c in pairs]
+    ratio = float(np.median(ratios))
     print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients,
                       "per_client": per_client, "engine": engine, "recomputed": recomputed,
-                      "samples_per_s": rate, "centralized_samples_per_s": central, "ratio": rate / central,
-                      "work_per_sample": work, "work_ratio": rate * work / central,
+                      "samples_per_s": float(np.median([s for s, _ in pairs])),
+                      "centralized_samples_per_s": float(np.median([c for _, c in pairs])), "ratio": ratio,
+                      "ratio_min": min(ratios), "ratio_max": max(ratios), "repeats": args.repeats,
+                      "work_per_sample": work, "work_ratio": ratio * work,
                       "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads(),
                       "host_memory": args.host_memory}))
+
+
+def ratio_cell(row: dict) -> str:
+    spread = f" ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})" if row.get("repeats", 1) > 1 else ""
+    return f"{row['ratio']:.2f}{spread}"
 
 
 def markdown(rows: list[dict], device: str) -> str:
     where = torch.cuda.get_device_name() if device == "cuda" else f"{rows[0]['threads']} threads"
     lines = [f"# Throughput ({device}, {where})", "",
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
-             "the same process. *work* is the algorithm's FLOPs per sample over plain training's, as computed here "
+             f"the same process, {rows[0].get('repeats', 1)} times each, alternately; the medians, and the median "
+             "of the per-repeat ratios with their range in brackets (the range is the machine's noise). *work* is the algorithm's FLOPs per sample over plain training's, as computed here "
              "(the decoder, the auxiliary head and SmashMix's extra server samples are the algorithm's own work; the "
              "decoder's first layer runs factored, models.auxiliary.UpsampledConv); *work ratio* = "
              "ratio × work, the FLOP rate achieved relative to centralized training. *recomputed*: the share of "
@@ -151,7 +171,7 @@ def markdown(rows: list[dict], device: str) -> str:
     for r in rows:
         lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | "
                      f"{r.get('recomputed', 0):.0%} | "
-                     f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {r['ratio']:.2f} | "
+                     f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {ratio_cell(r)} | "
                      f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
                      f"{r['peak_memory_mb']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -163,7 +183,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 10, 100, 1000])
     parser.add_argument("--per-client", nargs="+", type=int, default=[16, 1])
-    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per rate")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per rate and repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate measurements of both rates per cell")
     parser.add_argument("--engine", nargs="+", default=["auto"], choices=["auto", "loop", "vectorized"],
                         help="client pool(s) to measure; several give one row each")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -189,7 +210,7 @@ def main() -> None:
     rows = []
     for a, n, k, engine, budget in tqdm(list(cells), desc="throughput"):
         cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
-               "--engine", engine, "--device", args.device, "--host-memory", args.host_memory]
+               "--repeats", str(args.repeats), "--engine", engine, "--device", args.device, "--host-memory", args.host_memory]
         cmd += ["--activation-mb", str(budget)] if budget is not None else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -119,12 +119,14 @@ def test_throughput_cell_reports_rates_and_memory(budget, recomputed):
     """The per-cell path of benchmarks/throughput.py (the one each subprocess runs), on the CPU in a blink."""
     script = Path(__file__).parent.parent / "benchmarks" / "throughput.py"
     out = subprocess.run([sys.executable, str(script), "--cell", "locfedmix", "3", "2", "--seconds", "0.05",
-                          "--engine", "vectorized", "--device", "cpu", *budget],
+                          "--repeats", "3", "--engine", "vectorized", "--device", "cpu", *budget],
                          capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["engine"] == "StackedClients" and row["cell"] == "locfedmix/3/2" and row["recomputed"] == recomputed
     assert row["samples_per_s"] > 0 and row["centralized_samples_per_s"] > 0 and row["peak_memory_mb"] > 0
     assert row["work_per_sample"] > 1  # the decoder and SmashMix's extra server samples are real work
+    assert row["repeats"] == 3 and row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+    assert row["work_ratio"] == pytest.approx(row["ratio"] * row["work_per_sample"])
 
 
 def test_reliability_report_counts_the_suite_and_sweeps_faults(tmp_path, monkeypatch):

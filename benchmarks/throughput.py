@@ -156,7 +156,8 @@ def markdown(rows: list[dict], device: str) -> str:
     lines = [f"# Throughput ({device}, {where})", "",
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
              f"the same process, {rows[0].get('repeats', 1)} times each, alternately; the medians, and the median "
-             "of the per-repeat ratios with their range in brackets (the range is the machine's noise). *work* is the algorithm's FLOPs per sample over plain training's, as computed here "
+             "of the per-repeat ratios with their range in brackets (the range is the machine's noise). *work* is "
+             "the algorithm's FLOPs per sample over plain training's, as computed here "
              "(the decoder, the auxiliary head and SmashMix's extra server samples are the algorithm's own work; the "
              "decoder's first layer runs factored, models.auxiliary.UpsampledConv); *work ratio* = "
              "ratio × work, the FLOP rate achieved relative to centralized training. *recomputed*: the share of "

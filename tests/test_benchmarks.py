@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import reliability  # noqa: E402
 import reproduce  # noqa: E402
 from reproduction_findings import findings  # noqa: E402
-from reproduction_report import load_cells, write_report  # noqa: E402
+from reproduction_report import load_cells, setup_note, write_report  # noqa: E402
 from test_logs import events, interrupt_at  # noqa: E402
 
 
@@ -63,6 +63,12 @@ def test_report_summarizes_finished_cells(tmp_path):
     assert "- `mix-only`: val " in text and "Best LocFedMix-SL reading on validation: `mix-only`" in text
     assert (report.parent / "reproduction-tiny-convergence-round.png").stat().st_size > 0
     assert (report.parent / "reproduction-tiny-convergence.csv").exists()
+    # the header names the model and device the convergence runs used, read from their own files
+    assert "the small CNN cut after its two conv blocks (the 2-core CPU budget), run on cpu" in text
+    config = grid_dir / "convergence" / "psl" / "seed0" / "config.toml"
+    config.write_text(config.read_text().replace('model = "cnn"', 'model = "resnet"'))
+    assert setup_note(grid_dir).startswith("the small CNN cut after its two conv blocks (the 2-core CPU budget), "
+                                           "the ResNet cut after its second stage, run on cpu")
 
 
 def test_a_cell_equal_to_another_runs_once_and_is_copied(tmp_path, monkeypatch):

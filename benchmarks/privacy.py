@@ -104,7 +104,8 @@ def comparisons(records: list[dict[str, Any]]) -> list[str]:
             continue
         change = 100 * (r["test_accuracy"] - base["test_accuracy"])
         lines.append(f"- `{r['cell']}` against `{r['algorithm']}`: accuracy {change:+.1f} points, attack SSIM "
-                     f"{base['attack_ssim']:.3f} → {r['attack_ssim']:.3f}, attack MSE {base['attack_mse']:.4f} → {r['attack_mse']:.4f}, bias-corrected dCor² "
+                     f"{base['attack_ssim']:.3f} → {r['attack_ssim']:.3f}, attack MSE {base['attack_mse']:.4f} → "
+                     f"{r['attack_mse']:.4f}, bias-corrected dCor² "
                      f"{base['dcor_sqr_bias_corrected']:.3f} → {r['dcor_sqr_bias_corrected']:.3f}.")
     return lines
 

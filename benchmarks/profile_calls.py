@@ -31,7 +31,8 @@ def main() -> None:
                        ("self GPU", lambda e: -e.self_device_time_total)]:
         print(f"== by {title}: calls | name | self CPU ms | self GPU ms")
         for e in sorted(events, key=key)[:TOP]:
-            print(f"{e.count} | {e.key[:110]} | {e.self_cpu_time_total / 1e3:.1f} | {e.self_device_time_total / 1e3:.2f}")
+            cpu_ms, device_ms = e.self_cpu_time_total / 1e3, e.self_device_time_total / 1e3
+            print(f"{e.count} | {e.key[:110]} | {cpu_ms:.1f} | {device_ms:.2f}")
 
 
 if __name__ == "__main__":

@@ -199,7 +199,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small grid: fewer clients, rounds and seeds")
     parser.add_argument("--only", nargs="+", help="experiments to run (default: all)")
     parser.add_argument("--cells", nargs="+", metavar="GLOB", help="only cells whose label matches, e.g. '*-n5'")
-    parser.add_argument("--seeds", type=int, help="seeds per cell (default 3; quick: 2 for convergence and ablations, 1 else)")
+    parser.add_argument("--seeds", type=int,
+                        help="seeds per cell (default 3; quick: 2 for convergence and ablations, 1 else)")
     parser.add_argument("--rounds", type=int, help="rounds per run (default 20; quick 3)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",

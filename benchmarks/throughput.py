@@ -211,7 +211,8 @@ def main() -> None:
     rows = []
     for a, n, k, engine, budget in tqdm(list(cells), desc="throughput"):
         cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
-               "--repeats", str(args.repeats), "--engine", engine, "--device", args.device, "--host-memory", args.host_memory]
+               "--repeats", str(args.repeats), "--engine", engine, "--device", args.device,
+               "--host-memory", args.host_memory]
         cmd += ["--activation-mb", str(budget)] if budget is not None else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

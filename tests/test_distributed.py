@@ -1,6 +1,6 @@
 """torch.distributed (gloo on loopback): the same experiment on 1, 2 and 3 processes gives the same metrics.csv for
-every algorithm, with clients sampled and failing; a resumed distributed run equals an uninterrupted one; a rank that dies stops the others with a
-clear error instead of a hang."""
+every algorithm, with clients sampled and failing; a resumed distributed run equals an uninterrupted one; a rank
+that dies stops the others with a clear error instead of a hang."""
 
 import csv
 import os

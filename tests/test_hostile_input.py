@@ -24,8 +24,8 @@ INT_KEYS = ["n_clients", "rounds", "batch_size", "seed", "samples_per_client", "
 NAME_KEYS = ["algorithm", "dataset", "partition", "model"]
 names = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12)
 not_a_number = st.one_of(names.filter(lambda t: not t.strip().lstrip("+-").isdigit()),
-                         st.lists(st.integers(), max_size=2), st.floats(allow_nan=True).filter(lambda f: f != int(f)
-                                                                                                  if f == f and abs(f) < 1e300 else True))
+                         st.lists(st.integers(), max_size=2),
+                         st.floats(allow_nan=True).filter(lambda f: f != int(f) if f == f and abs(f) < 1e300 else True))
 outside_unit = st.one_of(st.floats(max_value=-1e-6, allow_nan=False), st.floats(min_value=1.000001, allow_nan=False,
                                                                                   allow_infinity=False))
 

@@ -126,7 +126,8 @@ def test_upsampled_conv_is_upsample_then_conv(small, size, layout) -> None:
         grads.append((out, *got))
     for ours, theirs in zip(*grads):
         torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
-    stacked = {k: torch.randn(2, *v.shape, generator=g, dtype=torch.float64) for k, v in layer.named_parameters()}  # conv.weight, .bias
+    # conv.weight, .bias
+    stacked = {k: torch.randn(2, *v.shape, generator=g, dtype=torch.float64) for k, v in layer.named_parameters()}
     maps = torch.randn(2, 3, 6, *small, generator=g, dtype=torch.float64)
     batched = torch.func.vmap(lambda p, s: torch.func.functional_call(layer, p, (s,)))(stacked, maps)
     for k in range(2):

@@ -26,7 +26,8 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 
 def expand_sweep(tree: dict[str, Any]) -> list[tuple[str, Config]]:
-    """Every combination of the [sweep] lists, labelled by the value (one key) or `key=value-...` (several); without a sweep, one unlabelled cell."""
+    """Every combination of the [sweep] lists, labelled by the value (one key) or `key=value-...` (several);
+    without a sweep, one unlabelled cell."""
     tree = dict(tree)
     sweep = tree.pop("sweep", {})
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):

@@ -16,7 +16,8 @@ def client_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generato
     return list(order.split(batch_size))
 
 
-def plan_round(schedule: Schedule, batches: dict[int, list[torch.Tensor]], rng: np.random.Generator) -> Iterator[StepPlan]:
+def plan_round(schedule: Schedule, batches: dict[int, list[torch.Tensor]],
+               rng: np.random.Generator) -> Iterator[StepPlan]:
     match schedule:
         case Parallel():
             return _parallel(batches)

@@ -34,7 +34,8 @@ class Server:
         return self.uppers[client if len(self.uppers) > 1 else 0]
 
     def state_dict(self) -> dict:
-        return {"uppers": [u.state_dict() for u in self.uppers], "optimizers": [o.state_dict() for o in self.optimizers]}
+        return {"uppers": [u.state_dict() for u in self.uppers],
+                "optimizers": [o.state_dict() for o in self.optimizers]}
 
     def load_state_dict(self, state: dict) -> None:
         for upper, saved in zip(self.uppers, state["uppers"]):

@@ -14,11 +14,23 @@ from locfedmix.api import run
 from locfedmix.config import validate
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import device_check  # noqa: E402
 import reliability  # noqa: E402
 import reproduce  # noqa: E402
 from reproduction_findings import findings  # noqa: E402
 from reproduction_report import load_cells, setup_note, write_report  # noqa: E402
 from test_logs import events, interrupt_at  # noqa: E402
+
+
+@pytest.mark.parametrize("cudnn_gap, plain_gap, identical, verdict", [
+    (3.08e-3, 6.92e-5, True, True),  # the H200's sl: cuDNN's small-batch rounding alone does not fail the check
+    (3.08e-3, 2e-3, True, False),  # a gap that stays with cuDNN off is ours
+    (1e-7, 1e-7, False, False),  # a GPU run that does not repeat
+])
+def test_device_check_verdict_reads_the_gap_without_cudnn(cudnn_gap, plain_gap, identical, verdict):
+    row = {"gpu_repeat_identical": identical, "gpu_vs_cpu": cudnn_gap, "gpu_without_cudnn_vs_cpu": plain_gap,
+           "loop_vs_stacked_gpu": 1e-7}
+    assert device_check.passes(row) is verdict
 
 
 @pytest.mark.parametrize("quick", [True, False])

@@ -172,12 +172,12 @@ MODEL_NOTES = {"cnn": "the small CNN cut after its two conv blocks (the 2-core C
 
 
 def setup_note(grid_dir: Path) -> str:
-    """The model and device of the grid's convergence runs (the calibration cells name their own model)."""
+    """The model of the grid's convergence runs (the calibration cells name their own) and the devices of all runs."""
     configs = [tomllib.loads(p.read_text()) for p in grid_dir.glob("convergence/*/seed*/config.toml")]
     models = sorted({c["model"] for c in configs}) or ["cnn"]
     devices = sorted({json.loads(p.read_text()).get("device", "cpu").split(":")[0]  # older summaries: CPU runs
-                      for p in grid_dir.glob("convergence/*/seed*/summary.json")}) or ["cpu"]
-    return f"{', '.join(MODEL_NOTES.get(m, m) for m in models)}, run on {', '.join(devices)}"
+                      for p in grid_dir.glob("*/*/seed*/summary.json")}) or ["cpu"]
+    return f"{', '.join(MODEL_NOTES.get(m, m) for m in models)}, run on {' and '.join(devices)}"
 
 
 def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> str:

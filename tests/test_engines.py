@@ -194,7 +194,9 @@ def test_resnet_with_batchnorm_equals_the_loop():
     stacked, _ = trained("sfl", "vectorized", (x, y), model="resnet", algo__sync_every=100)
     for i in range(3):
         for a, b in zip(loop.clients.lower(i).state_dict().values(), stacked.clients.lower(i).state_dict().values()):
-            close(a.float(), b.float())
+            # the stacked stem sums in another order (engines.stacked_layers.PatchConv2d); dividing by the small
+            # batch's standard deviation, BatchNorm scales that rounding up a little
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 
 
 # SGD with momentum: Adam divides by the root of tiny second moments, which turns float-rounding differences of

@@ -90,12 +90,16 @@ def test_clients_that_sit_out_a_step_are_not_touched():
 
 def test_gradients_of_lent_rows_land_in_their_rows_of_the_stack():
     """Groups lent as separate leaves (a contiguous run, a gathered pair, a row whose loss is never back-propagated):
-    each row's gradient is what that client's own module gets, zero for the row without a loss."""
+    each row's gradient is what that client's own module gets, zero for the row without a loss — also where the
+    gradient buffer, kept from step to step, held that row's gradient of the step before."""
     g = torch.Generator().manual_seed(2)
     module = StackedModule(torch.nn.Linear(3, 2), 5)
     with torch.no_grad():
         module.params["weight"].copy_(torch.randn(5, 2, 3, generator=g))
     x = torch.randn(5, 4, 3, generator=g)
+    module(list(range(5)), x).square().sum().backward()  # every row: the buffer is filled, not zeroed
+    module.take_grads()
+    assert module.params["weight"].grad[3].any()
     losses = [module(ids, x[ids]).square().sum() for ids in ([0, 1], [2, 4], [3])]
     (losses[0] + losses[1]).backward()
     module.take_grads()

@@ -10,7 +10,10 @@ from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
 from locfedmix.algorithms.fedavg import average_states, federated_average
 from locfedmix.algorithms.parts import Parallel, Sequential
 from locfedmix.algorithms.schedule import client_batches, plan_round
-from locfedmix.algorithms.smashmix import draw_partners, mix, mixed_cross_entropy
+from locfedmix.algorithms.objectives import reconstruction_loss
+from locfedmix.algorithms.parts import ReconstructionLoss, SmashMix
+from locfedmix.algorithms.server_batch import ServerBatch
+from locfedmix.algorithms.smashmix import draw_partners, mix, mixed_cross_entropy, smashmix_loss
 from locfedmix.errors import UserError
 
 
@@ -67,6 +70,54 @@ def test_each_client_gets_distinct_partners_other_than_itself(partners):
         mine = [j for a, j in pairs if a == i]
         assert len(mine) == partners and len(set(mine)) == partners and i not in mine
     assert draw_partners([5], 1, np.random.default_rng(0)) == []
+
+
+@pytest.mark.parametrize("partners", [1, 2, 5])
+def test_partners_are_numpys_choice_among_the_other_clients(partners):
+    """The same draws, and the generator left in the same state, as rng.choice over each client's list of others."""
+    ids = [0, 2, 3, 7, 8, 11]
+    ours, reference = np.random.default_rng(3), np.random.default_rng(3)
+    expected = [(i, int(j)) for i in ids
+                for j in reference.choice([j for j in ids if j != i], size=partners, replace=False)]
+    assert draw_partners(ids, partners, ours) == expected
+    assert ours.random() == reference.random()
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_smashmix_loss_is_the_weighted_mean_mixed_loss_of_every_pair(per_sample):
+    """Σ_i δ_i (1/n_s) Σ_j L̃_ij by hand, pair by pair, with the draws made in the documented order (partners, then
+    each pair's λ): clients of unequal batch sizes, so partners' samples repeat (k mod b_j)."""
+    g = torch.Generator().manual_seed(4)
+    sizes = {2: 3, 5: 2, 9: 4}
+    uploads = {i: torch.randn(b, 2, 3, generator=g) for i, b in sizes.items()}
+    labels = {i: torch.randint(0, 4, (b,), generator=g) for i, b in sizes.items()}
+    weights = {2: 0.5, 5: 0.2, 9: 0.3}
+    upper = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
+    mixer = SmashMix(partners=2, alpha=0.7, per_sample=per_sample)
+    ours = smashmix_loss(upper, ServerBatch.of(uploads, labels, weights), mixer, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    expected = 0.0
+    for i, j in draw_partners(sorted(sizes), 2, rng):
+        b, partner = sizes[i], torch.arange(sizes[i]) % sizes[j]
+        lam = torch.as_tensor(np.broadcast_to(rng.beta(0.7, 0.7, size=b if per_sample else 1), (b,)).copy(),
+                              dtype=torch.float32)
+        logits = upper(mix(uploads[i], uploads[j][partner], lam))
+        expected += weights[i] / 2 * mixed_cross_entropy(logits, labels[i], labels[j][partner], lam).mean()
+    torch.testing.assert_close(ours, expected)
+
+
+def test_the_reconstruction_mse_is_torchs_mse_per_client_under_vmap():
+    """Written out for speed under vmap; values and gradients of F.mse_loss, client by client."""
+    g = torch.Generator().manual_seed(6)
+    decoded = torch.randn(3, 4, 1, 5, 5, generator=g, requires_grad=True)
+    x = torch.rand(3, 4, 1, 5, 5, generator=g)
+    ours = torch.func.vmap(lambda d, t: reconstruction_loss(ReconstructionLoss.MSE, d, t))(decoded, x)
+    theirs = torch.stack([F.mse_loss(d, t) for d, t in zip(decoded, x)])
+    torch.testing.assert_close(ours, theirs)
+    weights = torch.rand(3, generator=g)
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), decoded),
+                    torch.autograd.grad((theirs * weights).sum(), decoded)):
+        torch.testing.assert_close(a, b)
 
 
 def test_client_batches_cover_the_local_data_once():

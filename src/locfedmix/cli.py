@@ -4,11 +4,16 @@ code 2."""
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.engines.distributed import is_primary, leave, lost_peer, rank
 from locfedmix.errors import NumericalError, UserError
+
+# Every rank meets the same mistake and only rank 0 reports it; another rank that exited first would have torchrun
+# stop rank 0 before it printed (seen under load). The others wait this long, and torchrun stops them meanwhile.
+PRIMARY_REPORTS_FIRST_S = 5.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if is_primary():  # every rank meets the same mistake; one line is enough
             print(f"locfedmix: error: {one_line(err)}", file=sys.stderr)
+        else:
+            time.sleep(PRIMARY_REPORTS_FIRST_S)
         return 2
     except NumericalError as err:
         if is_primary():

@@ -7,12 +7,14 @@ Both rates are measured `--repeats` times, alternately; a row holds the median r
     python benchmarks/throughput.py --device cuda --engine loop vectorized   # both pools on the GPU
     python benchmarks/throughput.py --algorithms psl sfl locfedmix --clients 1000 --per-client 16 \
         --engine loop vectorized --activation-mb 1e9 2048 --tag cpu-memory     # activations kept or recomputed
+    python benchmarks/throughput.py --report-only   # the Markdown again from the last run's JSON (no measuring)
 
 Each cell runs in its own process (peak memory is per process). Model: the small CNN on CIFAR-shaped 3×32×32
 inputs, cut after its two conv blocks; Adam; batch 16 per client; centralized baseline: batch 64.
 
 Writes benchmarks/results/throughput_<device>.csv, .json and THROUGHPUT.md (THROUGHPUT-cuda.md on a GPU; --quick
-writes the same names with a -quick suffix; --tag names them).
+writes the same names with a -quick suffix; --tag names them). The Markdown ends with the issue's targets: where psl,
+sfl and locfedmix land, and what each would reach at psl's FLOP rate (throughput_targets.py).
 """
 
 import argparse
@@ -42,6 +44,7 @@ from locfedmix.engines.host_memory import keep_freed_host_memory
 from locfedmix.latency.flops import count_flops
 from locfedmix.latency.model import mixed_samples
 from locfedmix.models import build_split_model
+from throughput_targets import ratio_cell, targets_markdown
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE, CLASSES, BATCH, CENTRAL_BATCH = (3, 32, 32), 10, 16, 64
@@ -146,11 +149,6 @@ def run_cell(args: argparse.Namespace) -> None:
                       "host_memory": args.host_memory}))
 
 
-def ratio_cell(row: dict) -> str:
-    spread = f" ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})" if row.get("repeats", 1) > 1 else ""
-    return f"{row['ratio']:.2f}{spread}"
-
-
 def markdown(rows: list[dict], device: str) -> str:
     where = torch.cuda.get_device_name() if device == "cuda" else f"{rows[0]['threads']} threads"
     lines = [f"# Throughput ({device}, {where})", "",
@@ -175,7 +173,7 @@ def markdown(rows: list[dict], device: str) -> str:
                      f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {ratio_cell(r)} | "
                      f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
                      f"{r['peak_memory_mb']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + targets_markdown(rows)
 
 
 def parse_args() -> argparse.Namespace:
@@ -196,8 +194,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--host-memory", default="keep", choices=["keep", "system"],
                         help="keep: freed host memory is reused, as `locfedmix run` does (engine.keep_host_memory); "
                              "system: glibc's defaults")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the Markdown table from the JSON of an earlier run (same --tag / --quick)")
     parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+def write_results(rows: list[dict], tag: str, device: str) -> str:
+    """CSV, JSON and the Markdown table of `rows`, rewritten whole after every cell (nothing lost on a crash)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"throughput_{tag}"
+    with open(f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    Path(f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    text = markdown(rows, device)
+    (RESULTS / ("THROUGHPUT.md" if tag == "cpu" else f"THROUGHPUT-{tag}.md")).write_text(text)
+    return text
 
 
 def main() -> None:
@@ -207,6 +221,13 @@ def main() -> None:
     if args.quick:
         args.algorithms, args.clients = ["psl", "sfl", "locfedmix"], [10, 100]
     device = resolve_device(args.device).type
+    tag = args.tag or (f"{device}-quick" if args.quick else device)  # a quick look keeps the full table
+    if args.report_only:
+        saved = RESULTS / f"throughput_{tag}.json"
+        if not saved.exists():
+            print(f"--report-only: no {saved} to rebuild the table from; run the measurements first", file=sys.stderr)
+            sys.exit(2)
+        return print(write_results(json.loads(saved.read_text()), tag, device))
     cells = itertools.product(args.algorithms, args.clients, args.per_client, args.engine, args.activation_mb or [None])
     rows = []
     for a, n, k, engine, budget in tqdm(list(cells), desc="throughput"):
@@ -219,17 +240,8 @@ def main() -> None:
         if any(r["engine"] == rows[-1]["engine"] and r["cell"] == rows[-1]["cell"]
                and r["recomputed"] == rows[-1]["recomputed"] for r in rows[:-1]):
             rows.pop()  # `auto` picked a pool measured already
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        tag = args.tag or (f"{device}-quick" if args.quick else device)  # a quick look keeps the full table
-        stem = RESULTS / f"throughput_{tag}"
-        with open(f"{stem}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        Path(f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (RESULTS / ("THROUGHPUT.md" if tag == "cpu" else f"THROUGHPUT-{tag}.md")).write_text(
-            markdown(rows, device))
-    print(markdown(rows, device))
+        text = write_results(rows, tag, device)
+    print(text)
 
 
 if __name__ == "__main__":

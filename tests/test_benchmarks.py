@@ -181,3 +181,53 @@ def test_privacy_report_is_built_from_finished_cells(tmp_path, monkeypatch):
     assert [r["cell"] for r in rows] == ["psl", "psl+noise0.05"]
     assert (tmp_path / "privacy-reconstructions.png").stat().st_size > 0
     assert (tmp_path / "privacy-tradeoff.png").stat().st_size > 0
+
+
+def _throughput_row(algorithm, n_clients, per_client, ratio, work=1.0, peak=1000.0, engine="LoopClients",
+                    recomputed=0.0):
+    return {"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients,
+            "per_client": per_client, "engine": engine, "recomputed": recomputed, "samples_per_s": 1000.0 * ratio,
+            "centralized_samples_per_s": 1000.0, "ratio": ratio, "ratio_min": ratio - 0.01,
+            "ratio_max": ratio + 0.01, "repeats": 3, "work_per_sample": work, "work_ratio": ratio * work,
+            "peak_memory_mb": peak, "threads": 2, "host_memory": "keep"}
+
+
+def test_throughput_targets_say_where_each_algorithm_lands_and_its_ceiling_at_psl_rate():
+    """Met or not against the issue's numbers, and the ceiling psl's FLOP rate gives: psl's work ratio ÷ work."""
+    from throughput_targets import targets_markdown
+
+    rows = [_throughput_row("psl", 100, 16, 1.08), _throughput_row("sfl", 100, 16, 0.97),
+            _throughput_row("locfedmix", 100, 16, 0.53, work=1.35),
+            _throughput_row("psl", 1000, 1, 0.58, engine="StackedClients"),
+            _throughput_row("locfedmix", 1000, 1, 0.40, work=1.35, engine="StackedClients"),
+            _throughput_row("locfedmix", 1000, 1, 0.30, work=1.35),  # no psl row on the loop: no ceiling
+            _throughput_row("psl", 1000, 16, 0.59, peak=4732.0, recomputed=0.62),
+            _throughput_row("locfedmix", 1000, 16, 0.5, work=1.35, peak=9000.0),
+            _throughput_row("locsplitfed", 100, 16, 0.90)]  # not a targeted algorithm
+    text = targets_markdown(rows)
+    assert "| ratio ≥ 1.0 at 100 × 16 | psl | LoopClients | 1.08 (1.07–1.09) | yes | 1.08 |" in text
+    assert "| ratio ≥ 1.0 at 100 × 16 | sfl | LoopClients | 0.97 (0.96–0.98) | **no** | 1.08 |" in text
+    assert "| ratio ≥ 1.0 at 100 × 16 | locfedmix | LoopClients | 0.53 (0.52–0.54) | **no** | 0.80 |" in text
+    assert "| ratio ≥ 0.5 at 1,000 × 1 | locfedmix | StackedClients | 0.40 (0.39–0.41) | **no** | 0.43 |" in text
+    assert "| ratio ≥ 0.5 at 1,000 × 1 | locfedmix | LoopClients | 0.30 (0.29–0.31) | **no** |  |" in text
+    assert "| peak ≤ 8 GiB at 1,000 × 16 | psl | LoopClients, 62% recomputed | 4,732 MiB | yes | |" in text
+    assert "| peak ≤ 8 GiB at 1,000 × 16 | locfedmix | LoopClients | 9,000 MiB | **no** | |" in text
+    assert "locsplitfed" not in text and text.count("\n| ratio") == 6
+
+
+def test_throughput_report_only_rebuilds_the_table_from_the_saved_rows(tmp_path, monkeypatch, capsys):
+    import throughput
+
+    monkeypatch.setattr(throughput, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--report-only", "--device", "cpu", "--tag", "t"])
+    with pytest.raises(SystemExit) as missing:
+        throughput.main()
+    assert missing.value.code == 2 and "throughput_t.json" in capsys.readouterr().err
+    rows = [_throughput_row("psl", 100, 16, 1.08), _throughput_row("locfedmix", 100, 16, 0.53, work=1.35)]
+    (tmp_path / "throughput_t.json").write_text(json.dumps(rows))
+    throughput.main()
+    table = (tmp_path / "THROUGHPUT-t.md").read_text()
+    assert "| locfedmix | 100 | 16 | LoopClients | 0% | 530 | 1000 | 0.53 (0.52–0.54) | 1.35 | 0.72 | 1000 |" in table
+    assert "| ratio ≥ 1.0 at 100 × 16 | locfedmix | LoopClients | 0.53 (0.52–0.54) | **no** | 0.80 |" in table
+    with open(tmp_path / "throughput_t.csv") as f:
+        assert [r["algorithm"] for r in csv.DictReader(f)] == ["psl", "locfedmix"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import train_round
 from locfedmix.engines.host_memory import keep_freed_host_memory
@@ -62,16 +63,18 @@ def main() -> None:
            "One warm round under torch.profiler (`python benchmarks/profile_step.py` regenerates this file). Shares "
            "are of the round's wall time; operators' self times exclude their children. *samples/s* is measured "
            "without the profiler, as in THROUGHPUT.md.", ""]
-    for cell in args.cells:
-        algorithm, n, k = cell.split("/")
-        rate = split_meter(algorithm, int(n), int(k), "auto", device)[0](2.0)
-        prof, seconds, engine = profiled_round(algorithm, int(n), int(k), device)
-        calls = sum(e.count for e in prof.key_averages())
-        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 if device.type == "cuda" else None
-        out += [f"## {algorithm}, {n} clients × {k} ({engine}): {rate:.0f} samples/s, "
-                f"{seconds:.2f} s and {calls} operator calls per profiled round"
-                + (f", GPU kernels busy {busy:.3f} s" if busy is not None else ""), "", *table(prof, seconds), ""]
-        print(f"{cell}: {seconds:.2f} s per round", flush=True)
+    with denormals_flushed():  # as a run trains by default (engine.flush_denormals)
+        for cell in args.cells:
+            algorithm, n, k = cell.split("/")
+            rate = split_meter(algorithm, int(n), int(k), "auto", device)[0](2.0)
+            prof, seconds, engine = profiled_round(algorithm, int(n), int(k), device)
+            calls = sum(e.count for e in prof.key_averages())
+            busy = (sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+                    if device.type == "cuda" else None)
+            out += [f"## {algorithm}, {n} clients × {k} ({engine}): {rate:.0f} samples/s, "
+                    f"{seconds:.2f} s and {calls} operator calls per profiled round"
+                    + (f", GPU kernels busy {busy:.3f} s" if busy is not None else ""), "", *table(prof, seconds), ""]
+            print(f"{cell}: {seconds:.2f} s per round", flush=True)
     name = "PROFILE.md" if device.type == "cpu" else f"PROFILE-{device.type}.md"
     Path(RESULTS / name).write_text("\n".join(out))
     print("\n".join(out))

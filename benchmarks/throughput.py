@@ -38,6 +38,7 @@ from locfedmix.algorithms.parts import Parallel
 from locfedmix.api import peak_memory_mb
 from locfedmix.config import Layout, validate
 from locfedmix.engines.clients import loop_layout
+from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.federation import build_federation, data_step, train_round
 from locfedmix.engines.host_memory import keep_freed_host_memory
@@ -136,7 +137,8 @@ def run_cell(args: argparse.Namespace) -> None:
     central = centralized_meter(device)
     split, engine, work, recomputed = split_meter(algorithm, n_clients, per_client, args.engine[0], device,
                                                   args.activation_mb[0] if args.activation_mb else None)
-    pairs = [(split(args.seconds), central(args.seconds)) for _ in range(args.repeats)]
+    with denormals_flushed():  # as a run trains by default (engine.flush_denormals), for both rates
+        pairs = [(split(args.seconds), central(args.seconds)) for _ in range(args.repeats)]
     ratios = [s / c for s, c in pairs]
     ratio = float(np.median(ratios))
     print(json.dumps({"cell": f"{algorithm}/{n_clients}/{per_client}", "algorithm": algorithm, "n_clients": n_clients,
@@ -146,7 +148,7 @@ def run_cell(args: argparse.Namespace) -> None:
                       "ratio_min": min(ratios), "ratio_max": max(ratios), "repeats": args.repeats,
                       "work_per_sample": work, "work_ratio": ratio * work,
                       "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads(),
-                      "host_memory": args.host_memory}))
+                      "host_memory": args.host_memory, "denormals": "flushed"}))
 
 
 def markdown(rows: list[dict], device: str) -> str:
@@ -162,7 +164,9 @@ def markdown(rows: list[dict], device: str) -> str:
              "clients whose forward the step recomputes in backward instead of keeping its activations "
              "(engine.activation_memory_mb). Both rates run under one host-memory setting (`keep`: freed host "
              "memory reused, as a `locfedmix run` does by default, engine.keep_host_memory; `system`: glibc's "
-             f"defaults); this table: `{rows[0]['host_memory']}`. "
+             f"defaults); this table: `{rows[0]['host_memory']}`. Denormal floats: "
+             f"{rows[0].get('denormals', 'computed as such (measured before runs flushed them)')} "
+             "(engine.flush_denormals). "
              "`python benchmarks/throughput.py` regenerates this file.", "",
              "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work "
              "| work ratio | peak MB |",

@@ -144,6 +144,7 @@ def test_throughput_cell_reports_rates_and_memory(budget, recomputed):
     assert row["samples_per_s"] > 0 and row["centralized_samples_per_s"] > 0 and row["peak_memory_mb"] > 0
     assert row["work_per_sample"] > 1  # the decoder and SmashMix's extra server samples are real work
     assert row["repeats"] == 3 and row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+    assert row["denormals"] == "flushed"  # as a run does by default, for both rates
     assert row["work_ratio"] == pytest.approx(row["ratio"] * row["work_per_sample"])
 
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
+from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.distributed import agree, is_primary, join, world_size
 from locfedmix.errors import UserError
@@ -182,7 +183,8 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     try:
         if writer:
             writer.begin(checkpoint, resume)
-        train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
+        with denormals_flushed(config.engine.flush_denormals):
+            train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= privacy_summary(fed, config, state["leakage"])
         if writer:

@@ -127,6 +127,9 @@ class EngineConfig(_Section):
     keep_host_memory: bool = Field(
         True, description="keep freed host memory for the next step instead of returning it to the OS "
                           "(glibc; engines/host_memory.py)")
+    flush_denormals: bool = Field(
+        True, description="while training, compute with floats below the smallest normal one as zero on the CPU, "
+                          "where they are many times slower (engines/denormals.py)")
 
 
 class ParticipationConfig(_Section):

@@ -66,7 +66,10 @@ def loaded_openmp_runtime() -> ctypes.CDLL | None:
     fields = [line.split(maxsplit=5) for line in maps]
     paths = sorted({f[5] for f in fields if len(f) == 6 and Path(f[5]).name.startswith(OPENMP_RUNTIMES)})
     for path in paths:
-        runtime = ctypes.CDLL(path)  # already loaded: the same handle, and no initialiser runs again
+        try:
+            runtime = ctypes.CDLL(path)  # already loaded: the same handle, and no initialiser runs again
+        except OSError:  # a mapping whose file is gone ("... (deleted)")
+            continue
         pause = getattr(runtime, "omp_pause_resource_all", None)
         if pause is not None:
             pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int

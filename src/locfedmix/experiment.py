@@ -1,17 +1,34 @@
-"""Experiments: a config file, its --set overrides, and an optional [sweep] table expanded into one Config per cell."""
+"""Experiments: a config file, its --set overrides, and an optional [sweep] table expanded into one Config per cell.
+
+Two rules make a sweep say what it runs. An explicit --set of a key that the sweep also varies wins: the sweep drops
+that key. A setting that does not apply to a cell (an [algo] switch its algorithm lacks, a swept partitioner
+parameter its partitioner ignores) is left out of that cell, which says so in its note; a cell that becomes the same
+run as an earlier one is skipped. Outside a sweep, an [algo] switch that does not apply stays an error."""
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
 from locfedmix.config import Config, validate
-from locfedmix.config_files import apply_overrides, read_toml
+from locfedmix.config_files import apply_overrides, parse_override, read_toml
+from locfedmix.data.partition import PARTITION_PARAMETERS
 from locfedmix.errors import UserError
 
 # Far more runs than anyone trains from one file; the cap keeps a config from making the CLI validate billions of
 # cells before the first run starts.
 MAX_SWEEP_CELLS = 10_000
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of an experiment: its label (the sub-folder; '' without a sweep), its config, and what it left out."""
+
+    label: str
+    config: Config
+    note: str = ""
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
@@ -25,28 +42,87 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return tree
 
 
-def expand_sweep(tree: dict[str, Any]) -> list[tuple[str, Config]]:
-    """Every combination of the [sweep] lists, labelled by the value (one key) or `key=value-...` (several);
-    without a sweep, one unlabelled cell."""
+def _drop(tree: dict[str, Any], dotted: str) -> dict[str, Any]:
+    section, _, key = dotted.partition(".")
+    return {**tree, section: {k: v for k, v in tree[section].items() if k != key}}
+
+
+def _not_applying(cell: dict[str, Any], swept: list[str]) -> list[str]:
+    """The cell's [algo] switches that its algorithm lacks, and its swept [data] parameters that its partitioner
+    ignores, as dotted keys."""
+    keys = []
+    algo = cell.get("algo", {})
+    if cell.get("algorithm") in ALGORITHMS and isinstance(algo, dict):
+        for switch, value in algo.items():
+            try:
+                resolve_algorithm(cell["algorithm"], {switch: value})
+            except UserError:
+                keys.append(f"algo.{switch}")
+    used = PARTITION_PARAMETERS.get(cell.get("partition", "iid"))
+    if used is not None:
+        everyone = set().union(*PARTITION_PARAMETERS.values())
+        keys += [key for key in swept if key.removeprefix("data.") in everyone - set(used) and key.startswith("data.")]
+    return keys
+
+
+def _label(sweep: dict[str, list[Any]], values: tuple[Any, ...], dropped: list[str]) -> str:
+    kept = [(key, value) for key, value in zip(sweep, values) if key not in dropped]
+    if len(sweep) == 1:
+        return str(values[0])
+    return "-".join(f"{key.split('.')[-1]}={value}" for key, value in kept)
+
+
+def plan_sweep(tree: dict[str, Any]) -> list[Cell]:
+    """Every combination of the [sweep] lists, labelled by the value (one key) or `key=value-...` (several), with
+    the settings that do not apply to a cell left out of it (and of its label); without a sweep, one unlabelled
+    cell."""
     tree = dict(tree)
     sweep = tree.pop("sweep", {})
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
         raise UserError("[sweep] must map config keys to non-empty lists of values")
     if not sweep:
-        return [("", validate(tree))]
+        return [Cell("", validate(tree))]
     n_cells = math.prod(len(values) for values in sweep.values())
     if n_cells > MAX_SWEEP_CELLS:
         raise UserError(f"[sweep] expands to {n_cells} runs; at most {MAX_SWEEP_CELLS} are allowed per config")
-    cells = []
+    cells: list[Cell] = []
     for values in itertools.product(*sweep.values()):
         cell = tree
         for key, value in zip(sweep, values):
             cell = _set(cell, key, value)
-        label = str(values[0]) if len(sweep) == 1 else "-".join(
-            f"{key.split('.')[-1]}={value}" for key, value in zip(sweep, values))
-        cells.append((label, validate(cell)))
+        dropped = _not_applying(cell, list(sweep))
+        for key in dropped:
+            cell = _drop(cell, key)
+        label, config = _label(sweep, values, dropped), validate(cell)
+        if any(earlier.config == config for earlier in cells):
+            continue
+        note = f"{', '.join(dropped)} left out (not used by {config.algorithm}/{config.partition})" if dropped else ""
+        cells.append(Cell(label, config, note))
     return cells
 
 
+def expand_sweep(tree: dict[str, Any]) -> list[tuple[str, Config]]:
+    """plan_sweep's cells as (label, Config) pairs."""
+    return [(cell.label, cell.config) for cell in plan_sweep(tree)]
+
+
+def sweep_yields_to(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The tree without the [sweep] keys that an override sets (or whose section an override replaces whole)."""
+    sweep = tree.get("sweep")
+    if not isinstance(sweep, dict):
+        return tree
+    set_keys = [".".join(parse_override(text)[0]) for text in overrides]
+    set_keys = [key for key in set_keys if key != "sweep" and not key.startswith("sweep.")]
+    kept = {key: values for key, values in sweep.items()
+            if not any(key == s or key.startswith(s + ".") for s in set_keys)}
+    return {**tree, "sweep": kept}
+
+
+def plan_experiment(path: str | Path, overrides: list[str] = ()) -> list[Cell]:
+    """The cells of a config file with its --set overrides; an override beats the sweep on the key it sets."""
+    overrides = list(overrides)
+    return plan_sweep(apply_overrides(sweep_yields_to(read_toml(path), overrides), overrides))
+
+
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> list[tuple[str, Config]]:
-    return expand_sweep(apply_overrides(read_toml(path), list(overrides)))
+    return [(cell.label, cell.config) for cell in plan_experiment(path, overrides)]

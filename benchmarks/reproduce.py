@@ -68,7 +68,7 @@ def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     return grid
 
 
-# The readings of LocFedMix-SL that paper.md lists as open, each against the default (the `locfedmix` cell of
+# The readings of LocFedMix-SL that the paper leaves open, each against the default (the `locfedmix` cell of
 # `convergence`), judged on the validation split; a reading that changes every algorithm (the server learning rate,
 # the cut) has its `sfl` counterpart beside it, so that a gain it brings to all is not credited to LocFedMix-SL.
 READINGS = [(label, {"algorithm": "locfedmix", **o}) for label, o in [

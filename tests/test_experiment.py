@@ -85,7 +85,8 @@ def test_swept_partitioner_parameters_apply_only_where_they_are_read(tmp_path):
     path.write_text('algorithm = "psl"\ndataset = "digits"\nn_clients = 2\nrounds = 1\nbatch_size = 8\n'
                     '[sweep]\npartition = ["iid", "dirichlet"]\n"data.alpha" = [0.1, 1.0]\n')
     cells = plan_experiment(path)
-    assert [c.label for c in cells] == ["partition=iid", "partition=dirichlet-alpha=0.1", "partition=dirichlet-alpha=1.0"]
+    assert [c.label for c in cells] == ["partition=iid", "partition=dirichlet-alpha=0.1",
+                                        "partition=dirichlet-alpha=1.0"]
     assert "data.alpha left out" in cells[0].note and cells[0].config.data.alpha == 0.5
 
 

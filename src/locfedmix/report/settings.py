@@ -8,9 +8,8 @@ from locfedmix.data.partition import PARTITION_PARAMETERS
 from locfedmix.report.runs import Run
 
 # Settings that place or pace a run without changing what it computes: never a difference worth a legend.
-PLACEMENT = ("engine.", "log.", "checkpoint_every", "eval.batch_size", "data.dir")
-# What the report's opening line says about the runs when they share it.
-HEADLINE = ("dataset", "model", "n_clients", "samples_per_client", "partition", "rounds")
+PLACEMENT = ("engine.", "log.", "checkpoint_every", "eval.batch_size", "data.dir", "data.partition_by")
+PARAMETERS = {key for keys in PARTITION_PARAMETERS.values() for key in keys}
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -21,18 +20,14 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def setting(run: Run) -> dict[str, str]:
-    """The run's config as flat `key: value` text, its partitioner shown with the parameters it reads (the others
-    do not apply to it) and the placement keys left out; a run without config.toml shows its algorithm alone."""
+    """The run's config as flat `key: value` text, without the placement keys and without the partitioner
+    parameters its partitioner does not read; a run without config.toml shows its algorithm alone."""
     path = run.path / "config.toml"
     tree = read_toml(path) if path.is_file() else {"algorithm": run.algorithm}
     flat = _flat(tree)
-    partition = str(flat.get("partition", "iid"))
-    used = [key for key in PARTITION_PARAMETERS.get(partition, ()) if key != "partition_by"]
-    params = ", ".join(f"{key}={flat[f'data.{key}']}" for key in used if f"data.{key}" in flat)
-    flat = {key: value for key, value in flat.items()
-            if not key.startswith(PLACEMENT) and not (key.startswith("data.") and key != "data.val_fraction")}
-    flat["partition"] = f"{partition} ({params})" if params else partition
-    return {key: str(value) for key, value in flat.items()}
+    used = PARTITION_PARAMETERS.get(str(flat.get("partition", "iid")), ())
+    return {key: str(value) for key, value in flat.items() if not key.startswith(PLACEMENT)
+            and not (key.startswith("data.") and key[5:] in PARAMETERS and key[5:] not in used)}
 
 
 def differing(settings: list[dict[str, str]]) -> list[str]:
@@ -42,14 +37,18 @@ def differing(settings: list[dict[str, str]]) -> list[str]:
 
 
 def headline(settings: list[dict[str, str]], varying: list[str]) -> str:
-    """One sentence of what every run shares, e.g. `fashion-mnist, model cnn, 10 clients × 1000 samples, ...`."""
-    shared = {key: settings[0][key] for key in HEADLINE if key in settings[0] and key not in varying}
+    """One sentence of what every run shares, e.g. `fashion-mnist, model cnn, 10 clients × 1000 samples, partition
+    dirichlet (alpha=0.3, min_partition_size=1), 5 rounds`."""
+    shared = {key: value for key, value in settings[0].items() if key not in varying}
     words = [shared.get("dataset"), shared.get("model") and f"model {shared['model']}"]
     if "n_clients" in shared:
         cap = shared.get("samples_per_client", "0")
         words.append(f"{shared['n_clients']} clients" + (f" × {cap} samples" if cap != "0" else ""))
-    words += [shared.get("partition") and f"partition {shared['partition']}",
-              shared.get("rounds") and f"{shared['rounds']} rounds"]
+    if "partition" in shared:
+        params = ", ".join(f"{key[5:]}={value}" for key, value in shared.items()
+                           if key.startswith("data.") and key[5:] in PARAMETERS)
+        words.append(f"partition {shared['partition']}" + (f" ({params})" if params else ""))
+    words.append(shared.get("rounds") and f"{shared['rounds']} rounds")
     return ", ".join(word for word in words if word)
 
 

@@ -58,8 +58,8 @@ def test_set_algorithm_trains_that_algorithm_only(config, tmp_path):
 
 def test_a_set_key_leaves_the_sweep_and_the_other_keys_stay(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('algorithm = "psl"\ndataset = "digits"\nn_clients = 2\nrounds = 1\nbatch_size = 8\n'
-                    '[sweep]\nalgorithm = ["sl", "psl"]\nseed = [1, 2]\n"data.alpha" = [0.1]\n')
+    path.write_text('algorithm = "psl"\ndataset = "digits"\npartition = "dirichlet"\nn_clients = 2\nrounds = 1\n'
+                    'batch_size = 8\n[sweep]\nalgorithm = ["sl", "psl"]\nseed = [1, 2]\n"data.alpha" = [0.1]\n')
     cells = plan_experiment(path, ["algorithm=sfl", "data={alpha=0.3}"])
     assert [(c.label, c.config.algorithm, c.config.seed, c.config.data.alpha) for c in cells] == [
         ("1", "sfl", 1, 0.3), ("2", "sfl", 2, 0.3)]  # a one-key sweep: labelled by value
@@ -138,3 +138,18 @@ def test_the_progress_bar_shows_cell_round_loss_accuracy_and_eta(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == ""
     silent = run_in_terminal(["run", "--config", str(path), "--out", str(tmp_path / "n"), "--no-progress"])
     assert "round" not in silent
+
+
+def test_a_partitioner_parameter_that_is_not_read_is_refused_like_a_switch(tmp_path):
+    """One rule: before, data.alpha with iid was accepted and did nothing while algo.mix with psl was refused."""
+    path = tmp_path / "one.toml"
+    path.write_text('algorithm = "psl"\ndataset = "digits"\nn_clients = 2\nrounds = 1\nbatch_size = 8\n'
+                    '[data]\nalpha = 0.3\nval_fraction = 0.2\n')
+    with pytest.raises(UserError) as info:
+        plan_experiment(path)
+    assert str(info.value) == ("data.alpha=0.3 is read only by partition 'dirichlet', not by partition 'iid'; "
+                               "remove it or choose that partition")
+    (cell,) = plan_experiment(path, ["partition=dirichlet"])
+    assert cell.config.data.alpha == 0.3
+    path.write_text(path.read_text().replace("alpha = 0.3", "alpha = 0.5"))  # the default, as config.toml lists it
+    assert plan_experiment(path)[0].config.partition == "iid"

@@ -19,7 +19,6 @@ batch_size = 10
 seed = 4
 [data]
 num_classes_per_partition = 2
-alpha = 0.2
 [latency]
 target_accuracy = 0.6
 [sweep]
@@ -60,7 +59,7 @@ def test_one_sweep_is_described_once_and_drawn_by_algorithm(runs, monkeypatch):
     text, drawn = report(runs, monkeypatch, "a")
     assert ("**Compared on**: synthetic, model cnn, 3 clients × 30 samples, partition pathological "
             "(num_classes_per_partition=2, class_assignment_mode=balanced), 2 rounds.") in text
-    assert "Differing in" not in text and "alpha" not in text  # dirichlet's alpha does not apply here
+    assert "Differing in" not in text and "alpha" not in text  # config.toml's alpha (dirichlet's) does not apply
     assert all(d == {"labels": ["locfedmix", "psl"], "targets": [0.6]} for d in drawn) and len(drawn) == 3
 
 

@@ -86,12 +86,13 @@ def _say(text: str) -> None:
 def _resume(args: argparse.Namespace) -> None:
     """Resume one run directory with the exact config it was started with."""
     from locfedmix.api import run
-    from locfedmix.experiment import load_experiment
+    from locfedmix.config import validate
+    from locfedmix.config_files import read_toml
 
     if args.config or args.overrides:
         raise UserError("--resume continues a run with its own config.toml; drop --config and --set")
     directory = Path(args.resume)
-    ((_, config),) = load_experiment(directory / "config.toml")
+    config = validate(read_toml(directory / "config.toml"))  # as written, whoever wrote it (the CLI or the API)
     summary = run(config, directory, progress=not args.no_progress, resume=True)
     row = _result_row(config.algorithm, summary)
     _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")

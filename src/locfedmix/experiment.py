@@ -1,9 +1,9 @@
 """Experiments: a config file, its --set overrides, and an optional [sweep] table expanded into one Config per cell.
 
-Two rules make a sweep say what it runs. An explicit --set of a key that the sweep also varies wins: the sweep drops
-that key. A setting that does not apply to a cell (an [algo] switch its algorithm lacks, a swept partitioner
-parameter its partitioner ignores) is left out of that cell, which says so in its note; a cell that becomes the same
-run as an earlier one is skipped. Outside a sweep, an [algo] switch that does not apply stays an error."""
+An explicit --set of a key that the sweep also varies wins: the sweep drops that key. A setting that does not apply
+(an [algo] switch the algorithm lacks, a partitioner parameter the partitioner does not read) is an error in a
+single run; in a sweep it is left out of the cells it does not apply to, each of which says so in its note, and a
+cell that becomes the same run as an earlier one is skipped."""
 
 import itertools
 import math
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
-from locfedmix.config import Config, validate
+from locfedmix.config import Config, DataConfig, validate
 from locfedmix.config_files import apply_overrides, parse_override, read_toml
 from locfedmix.data.partition import PARTITION_PARAMETERS
 from locfedmix.errors import UserError
@@ -20,6 +20,7 @@ from locfedmix.errors import UserError
 # Far more runs than anyone trains from one file; the cap keeps a config from making the CLI validate billions of
 # cells before the first run starts.
 MAX_SWEEP_CELLS = 10_000
+_PARAMETERS = {key for keys in PARTITION_PARAMETERS.values() for key in keys}
 
 
 @dataclass(frozen=True)
@@ -47,22 +48,43 @@ def _drop(tree: dict[str, Any], dotted: str) -> dict[str, Any]:
     return {**tree, section: {k: v for k, v in tree[section].items() if k != key}}
 
 
-def _not_applying(cell: dict[str, Any], swept: list[str]) -> list[str]:
-    """The cell's [algo] switches that its algorithm lacks, and its swept [data] parameters that its partitioner
-    ignores, as dotted keys."""
-    keys = []
+def _switches_not_applying(cell: dict[str, Any]) -> list[str]:
+    """The cell's [algo] switches that its algorithm does not have, as dotted keys."""
     algo = cell.get("algo", {})
-    if cell.get("algorithm") in ALGORITHMS and isinstance(algo, dict):
-        for switch, value in algo.items():
-            try:
-                resolve_algorithm(cell["algorithm"], {switch: value})
-            except UserError:
-                keys.append(f"algo.{switch}")
-    used = PARTITION_PARAMETERS.get(cell.get("partition", "iid"))
-    if used is not None:
-        everyone = set().union(*PARTITION_PARAMETERS.values())
-        keys += [key for key in swept if key.removeprefix("data.") in everyone - set(used) and key.startswith("data.")]
+    if cell.get("algorithm") not in ALGORITHMS or not isinstance(algo, dict):
+        return []
+    keys = []
+    for switch, value in algo.items():
+        try:
+            resolve_algorithm(cell["algorithm"], {switch: value})
+        except UserError:
+            keys.append(f"algo.{switch}")
     return keys
+
+
+def _parameters_not_applying(cell: dict[str, Any], swept: list[str]) -> list[str]:
+    """The cell's [data] partitioner parameters that its partitioner does not read, as dotted keys: the swept ones,
+    and the others where set to anything but their default (a run's own config.toml lists every one at its
+    default)."""
+    used = PARTITION_PARAMETERS.get(cell.get("partition", "iid"))
+    data = cell.get("data", {})
+    if used is None or not isinstance(data, dict):
+        return []
+    fields = DataConfig.model_fields
+    return [f"data.{key}" for key, value in data.items() if key in _PARAMETERS and key not in used
+            and key in fields and (f"data.{key}" in swept or value != fields[key].default)]
+
+
+def _refuse_unread_parameters(tree: dict[str, Any]) -> None:
+    """One run with a partitioner parameter that its partitioner does not read: the same answer as an [algo] switch
+    that its algorithm does not have."""
+    unread = _parameters_not_applying(tree, [])
+    if unread:
+        readers = {key: [name for name, keys in PARTITION_PARAMETERS.items() if key[5:] in keys] for key in unread}
+        named = "; ".join(f"{key}={tree['data'][key[5:]]!r} is read only by partition "
+                          f"{' or '.join(repr(r) for r in readers[key])}" for key in unread)
+        raise UserError(f"{named}, not by partition {tree.get('partition', 'iid')!r}; remove it or choose "
+                        f"that partition")
 
 
 def _label(sweep: dict[str, list[Any]], values: tuple[Any, ...], dropped: list[str]) -> str:
@@ -81,6 +103,7 @@ def plan_sweep(tree: dict[str, Any]) -> list[Cell]:
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
         raise UserError("[sweep] must map config keys to non-empty lists of values")
     if not sweep:
+        _refuse_unread_parameters(tree)
         return [Cell("", validate(tree))]
     n_cells = math.prod(len(values) for values in sweep.values())
     if n_cells > MAX_SWEEP_CELLS:
@@ -90,7 +113,7 @@ def plan_sweep(tree: dict[str, Any]) -> list[Cell]:
         cell = tree
         for key, value in zip(sweep, values):
             cell = _set(cell, key, value)
-        dropped = _not_applying(cell, list(sweep))
+        dropped = _switches_not_applying(cell) + _parameters_not_applying(cell, list(sweep))
         for key in dropped:
             cell = _drop(cell, key)
         label, config = _label(sweep, values, dropped), validate(cell)

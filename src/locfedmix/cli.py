@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("algorithms", help="list the algorithms")
     report = commands.add_parser("report", help="Markdown report with plots from run directories")
     report.add_argument("dirs", nargs="+", metavar="DIR",
-                        help="a run directory, or a folder holding run directories (e.g. runs/default)")
+                        help="a run directory, or a folder holding run directories (e.g. runs/compare)")
     report.add_argument("--out", metavar="OUTDIR", help="folder for report.md and its PNGs (default: DIR/report)")
     return parser
 

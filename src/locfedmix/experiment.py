@@ -50,13 +50,13 @@ def _drop(tree: dict[str, Any], dotted: str) -> dict[str, Any]:
 
 def _switches_not_applying(cell: dict[str, Any]) -> list[str]:
     """The cell's [algo] switches that its algorithm does not have, as dotted keys."""
-    algo = cell.get("algo", {})
-    if cell.get("algorithm") not in ALGORITHMS or not isinstance(algo, dict):
-        return []
+    algo, name = cell.get("algo", {}), cell.get("algorithm")
+    if not isinstance(name, str) or name not in ALGORITHMS or not isinstance(algo, dict):
+        return []  # validation names what is wrong with them
     keys = []
     for switch, value in algo.items():
         try:
-            resolve_algorithm(cell["algorithm"], {switch: value})
+            resolve_algorithm(name, {switch: value})
         except UserError:
             keys.append(f"algo.{switch}")
     return keys
@@ -66,10 +66,10 @@ def _parameters_not_applying(cell: dict[str, Any], swept: list[str]) -> list[str
     """The cell's [data] partitioner parameters that its partitioner does not read, as dotted keys: the swept ones,
     and the others where set to anything but their default (a run's own config.toml lists every one at its
     default)."""
-    used = PARTITION_PARAMETERS.get(cell.get("partition", "iid"))
-    data = cell.get("data", {})
-    if used is None or not isinstance(data, dict):
-        return []
+    partition, data = cell.get("partition", "iid"), cell.get("data", {})
+    if not isinstance(partition, str) or partition not in PARTITION_PARAMETERS or not isinstance(data, dict):
+        return []  # validation names what is wrong with them
+    used = PARTITION_PARAMETERS[partition]
     fields = DataConfig.model_fields
     return [f"data.{key}" for key, value in data.items() if key in _PARAMETERS and key not in used
             and key in fields and (f"data.{key}" in swept or value != fields[key].default)]
@@ -122,11 +122,6 @@ def plan_sweep(tree: dict[str, Any]) -> list[Cell]:
         note = f"{', '.join(dropped)} left out (not used by {config.algorithm}/{config.partition})" if dropped else ""
         cells.append(Cell(label, config, note))
     return cells
-
-
-def expand_sweep(tree: dict[str, Any]) -> list[tuple[str, Config]]:
-    """plan_sweep's cells as (label, Config) pairs."""
-    return [(cell.label, cell.config) for cell in plan_sweep(tree)]
 
 
 def sweep_yields_to(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-# The two commands of the README: `make run` (ends with the report of runs/default) and `make test`. Both create .venv
-# and install the package if needed.
+# The two commands of the README: `make run` (the seven-algorithm comparison of configs/compare.toml, ending with
+# the report of runs/compare) and `make test`. Both create .venv and install the package if needed.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,8 +20,8 @@ data:
 
 run: $(INSTALLED)
 	@dataset=$$(scripts/fetch-data) && \
-	$(PY) -m locfedmix run --config configs/default.toml --set dataset=$$dataset --out runs/default --overwrite && \
-	$(PY) -m locfedmix report runs/default
+	$(PY) -m locfedmix run --config configs/compare.toml --set dataset=$$dataset --out runs/compare --overwrite && \
+	$(PY) -m locfedmix report runs/compare
 
 test: $(INSTALLED) data
 	$(PY) -m pytest

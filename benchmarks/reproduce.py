@@ -32,12 +32,15 @@ from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
 from locfedmix.config import validate
 from locfedmix.config_files import apply_overrides, read_toml
+from locfedmix.data.partition import PARTITION_PARAMETERS
 from locfedmix.errors import UserError
 
 HERE = Path(__file__).parent
 BASE = HERE.parent / "configs" / "paper" / "fmnist.toml"
 RESULTS = HERE / "results"
 ALL = list(ALGORITHMS)
+# The non-IID experiments' clients: Dirichlet label proportions with alpha = 0.3.
+NONIID = {"partition": "dirichlet", "data.alpha": 0.3}
 
 
 def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -57,9 +60,9 @@ def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         "scalability": [(f"{a}-n{n}", {"algorithm": a, "n_clients": n}) for a, n in itertools.product(scal_algos, ns)],
         "ablations": [(name, {"algorithm": "locfedmix", **o}) for name, o in ablations],
     }
-    grid["noniid-convergence"] = [(k, {**o, "partition": "dirichlet"}) for k, o in grid["convergence"]]
+    grid["noniid-convergence"] = [(k, {**o, **NONIID}) for k, o in grid["convergence"]]
     if not quick:
-        grid["noniid-scalability"] = [(k, {**o, "partition": "dirichlet"}) for k, o in grid["scalability"]]
+        grid["noniid-scalability"] = [(k, {**o, **NONIID}) for k, o in grid["scalability"]]
         grid["readings"] = READINGS
         grid["small-data"] = [(a, {"algorithm": a, "n_clients": 50, "samples_per_client": 100})
                               for a in ("sl", "psl", "sfl", "locfedmix")]
@@ -68,7 +71,7 @@ def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     return grid
 
 
-# The readings of LocFedMix-SL that paper.md lists as open, each against the default (the `locfedmix` cell of
+# The readings of LocFedMix-SL that the paper leaves open, each against the default (the `locfedmix` cell of
 # `convergence`), judged on the validation split; a reading that changes every algorithm (the server learning rate,
 # the cut) has its `sfl` counterpart beside it, so that a gain it brings to all is not credited to LocFedMix-SL.
 READINGS = [(label, {"algorithm": "locfedmix", **o}) for label, o in [
@@ -84,6 +87,8 @@ READINGS = [(label, {"algorithm": "locfedmix", **o}) for label, o in [
 ]] + [("sfl server_lr=sqrtN", {"algorithm": "sfl", "algo.server_lr_exponent": 0.5}),
       ("sfl cut=1", {"algorithm": "sfl", "cut": 1})]
 
+
+PARAMETERS = {key for keys in PARTITION_PARAMETERS.values() for key in keys}
 
 # In --quick mode only these experiments run more than one seed (the rest show the shape of the result).
 QUICK_MULTI_SEED = {"convergence", "ablations"}
@@ -127,10 +132,13 @@ def same_identity(out: Path, config) -> bool:
 
 def identity(config) -> str:
     """What a run computes: its config without the settings that only place it or pace it (engine, evaluation
-    batch, logging, checkpoints). Cells of equal identity are one experiment: `scalability`'s N = 10 cells are
+    batch, logging, checkpoints) and without the partitioner parameters its partitioner does not read. Cells of
+    equal identity are one experiment: `scalability`'s N = 10 cells are
     `convergence`'s, the `full` ablation is `convergence`'s locfedmix."""
     tree = config.model_dump(mode="json", exclude={"engine", "log", "checkpoint_every"})
     tree["eval"].pop("batch_size")
+    read = PARTITION_PARAMETERS[config.partition]  # the others do not change the split (runs kept alpha with iid)
+    tree["data"] = {k: v for k, v in tree["data"].items() if k in read or k not in PARAMETERS}
     return json.dumps(tree, sort_keys=True)
 
 

@@ -1,4 +1,4 @@
-"""Oracle tests of the algorithms: each step against centralized or hand-written training (DESIGN.md §6)."""
+"""Oracle tests of the algorithms: each step against centralized or hand-written training."""
 
 import copy
 

@@ -133,7 +133,8 @@ def test_fashion_mnist_missing_lists_searched_folders(tmp_path: Path, monkeypatc
         load_dataset("fashion-mnist", data_dir=str(given))
     message = str(info.value)
     assert all(str(folder) in message for folder in (given, env, default))
-    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message and "\n" not in message
+    assert "apt-get install dataset-fashion-mnist" in message and "--set data.dir=DIR" in message
+    assert "\n" not in message
 
 
 def test_fashion_mnist_from_data_dir_matches_written_files(tmp_path: Path) -> None:
@@ -220,7 +221,7 @@ def test_cifar10_rejects_wrong_array_shape(tmp_path: Path) -> None:
 
 
 def test_cifar10_missing_folder_or_file(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--data-dir"):
+    with pytest.raises(UserError, match=r"needs data.dir \(--set data.dir=DIR\)"):
         load_dataset("cifar10")
     write_cifar(tmp_path)
     (tmp_path / "data_batch_5").unlink()

@@ -48,7 +48,7 @@ def federate(config: Config) -> FederatedData:
         config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
         samples_per_client=config.samples_per_client or None,
         **config.data.model_dump(include={"alpha", "min_partition_size", "num_classes_per_partition",
-                                          "num_shards_per_partition", "shard_size"}),
+                                          "class_assignment_mode", "num_shards_per_partition", "shard_size"}),
     )
     shuffle = numpy_generator(config.seed, "evaluation-order")
     clients = [train[p] for p in parts]
@@ -124,6 +124,12 @@ def privacy_summary(fed: Federation, config: Config, leaks: list[dict[str, Any]]
     return out
 
 
+def progress_note(round_index: int, rounds: int, train_loss: float, rows: list[dict[str, Any]]) -> str:
+    """The progress bar's text after a round: the round, its training loss and the last test accuracy."""
+    accuracy = f"{rows[-1]['test_accuracy']:.3f}" if rows else "-"
+    return f"round {round_index}/{rounds}, loss {train_loss:.3f}, test acc {accuracy}"
+
+
 def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
                  state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
     """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
@@ -138,6 +144,7 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
     per_round = steps_per_round(fed, data.client_indices, config.batch_size)
     with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
               disable=None if progress else True, leave=False, unit="step") as bar:
+        bar.set_postfix_str(f"round {state['round'] + 1}/{config.rounds}", refresh=False)
         for r in range(state["round"] + 1, config.rounds + 1):
             tick = time.perf_counter()
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
@@ -148,7 +155,7 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
                 state["rows"].append(evaluate_row(fed, data, config, r, train_loss))
                 if run_dir:
                     run_dir.append(state["rows"][-1])
-                bar.set_postfix(test_acc=f"{state['rows'][-1]['test_accuracy']:.3f}")
+            bar.set_postfix_str(progress_note(r, config.rounds, train_loss, state["rows"]))
             if probe and (config.leakage.every_round or r == config.rounds):
                 state["leakage"].append(measure_leakage(probe, r, run_dir))
             if checkpoints and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
@@ -21,8 +22,16 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+def _version() -> str:
+    try:
+        return version("locfedmix")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="locfedmix", description="Parallel split learning: LocFedMix-SL and its baselines.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="train the configured algorithm(s) and write a run directory")
     run.add_argument("--config", help="TOML experiment file")
@@ -39,26 +48,29 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("algorithms", help="list the algorithms")
     report = commands.add_parser("report", help="Markdown report with plots from run directories")
     report.add_argument("dirs", nargs="+", metavar="DIR",
-                        help="a run directory, or a folder holding run directories (e.g. runs/default)")
+                        help="a run directory, or a folder holding run directories (e.g. runs/compare)")
     report.add_argument("--out", metavar="OUTDIR", help="folder for report.md and its PNGs (default: DIR/report)")
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
     from locfedmix.api import run
-    from locfedmix.experiment import load_experiment
+    from locfedmix.experiment import plan_experiment
 
     if args.resume:
         return _resume(args)
     if not args.config:
         raise UserError("run needs --config FILE (or --resume DIR)")
-    cells = load_experiment(args.config, args.overrides)
+    cells = plan_experiment(args.config, args.overrides)
     base = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     results = []
-    for label, config in cells:
-        out = base / label if label else base
-        summary = run(config, out, overwrite=args.overwrite, progress=not args.no_progress, label=label or None)
-        row = _result_row(label or config.algorithm, summary)
+    for k, cell in enumerate(cells, 1):
+        out = base / cell.label if cell.label else base
+        if cell.note:
+            _say(f"{cell.label}: {cell.note}")
+        desc = f"[{k}/{len(cells)}] {cell.label}" if len(cells) > 1 else cell.label or None
+        summary = run(cell.config, out, overwrite=args.overwrite, progress=not args.no_progress, label=desc)
+        row = _result_row(cell.label or cell.config.algorithm, summary)
         results.append(row)
         _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}")
     if len(results) > 1:
@@ -74,12 +86,13 @@ def _say(text: str) -> None:
 def _resume(args: argparse.Namespace) -> None:
     """Resume one run directory with the exact config it was started with."""
     from locfedmix.api import run
-    from locfedmix.experiment import load_experiment
+    from locfedmix.config import validate
+    from locfedmix.config_files import read_toml
 
     if args.config or args.overrides:
         raise UserError("--resume continues a run with its own config.toml; drop --config and --set")
     directory = Path(args.resume)
-    ((_, config),) = load_experiment(directory / "config.toml")
+    config = validate(read_toml(directory / "config.toml"))  # as written, whoever wrote it (the CLI or the API)
     summary = run(config, directory, progress=not args.no_progress, resume=True)
     row = _result_row(config.algorithm, summary)
     _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")
@@ -105,20 +118,31 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join([cells(rows[0]) + " |", rule, *(cells(r) + " |" for r in rows[1:])])
 
 
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
 def _latency(args: argparse.Namespace) -> None:
+    """One table of every algorithm per distinct setting of the experiment, titled by the config file and by the
+    settings in which the tables differ (never by a cell's algorithm: every table shows them all)."""
     from locfedmix.api import federate
     from locfedmix.experiment import load_experiment
     from locfedmix.latency.report import latency_table
 
-    seen = []
-    for label, config in load_experiment(args.config, args.overrides):
-        setting = config.model_dump(exclude={"algorithm", "algo"})
-        if setting in seen:  # cells that differ only in the algorithm share one table
-            continue
-        seen.append(setting)
+    settings: dict[str, tuple[dict, object]] = {}
+    for _, config in load_experiment(args.config, args.overrides):
+        setting = _flat(config.model_dump(mode="json", exclude={"algorithm", "algo"}))
+        settings.setdefault(repr(setting), (setting, config))
+    differing = [key for key in next(iter(settings.values()))[0]
+                 if len({repr(s[key]) for s, _ in settings.values()}) > 1]
+    for setting, config in settings.values():
+        title = ", ".join([Path(args.config).stem, *(f"{key}={setting[key]}" for key in differing)])
         data = federate(config)
         profile = config.latency.resolved_profile()
-        print(f"\n{label or Path(args.config).stem}: {config.n_clients} clients, batch {config.batch_size}, "
+        print(f"\n{title}: {config.n_clients} clients, batch {config.batch_size}, "
               f"profile '{config.latency.profile}' {profile}\n")
         print(latency_table(config, data.dataset.input_shape, data.dataset.n_classes, data.client_indices))
 

@@ -37,6 +37,8 @@ class DataConfig(_Section):
     alpha: float = Field(0.5, gt=0, description="dirichlet: the concentration (smaller = more skewed)")
     min_partition_size: int = Field(1, ge=1, description="dirichlet: redraw until every client has this many")
     num_classes_per_partition: int = Field(2, ge=1, description="pathological: classes held by each client")
+    class_assignment_mode: Literal["balanced", "random", "deterministic", "first-deterministic"] = Field(
+        "balanced", description="pathological: how each client's classes are picked (data/partition.py)")
     num_shards_per_partition: int = Field(2, ge=1, description="shards: shards dealt to each client")
     shard_size: int = Field(0, ge=0, description="shards: samples per shard; 0 = all data in equal shards")
 

@@ -73,8 +73,8 @@ class RunDirectory:
         if resume:
             return
         if self.metrics.exists() and not overwrite:
-            raise UserError(f"'{self.path}' already holds a run; pass --overwrite, --resume it, "
-                            "or choose another --out")
+            raise UserError(f"'{self.path}' already holds a run; overwrite it (overwrite=True in Python, "
+                            "--overwrite on the command line), resume it (resume=True, --resume) or write elsewhere")
         self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoint.unlink(missing_ok=True)
         shutil.rmtree(self.path / "tensorboard", ignore_errors=True)  # an overwritten run's curves would mix in

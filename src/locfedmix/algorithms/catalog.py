@@ -1,4 +1,4 @@
-"""The catalog: each algorithm of the paper's comparison declared as a composition of parts (DESIGN.md §1)."""
+"""The catalog: each algorithm of the paper's comparison declared as a composition of parts (algorithms/parts.py)."""
 
 import re
 from dataclasses import dataclass, replace

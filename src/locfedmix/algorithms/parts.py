@@ -41,7 +41,8 @@ class ServerLayout(StrEnum):
 
 
 class GradientSource(StrEnum):
-    """Where a LocFedMix-SL client's lower-model gradient comes from (paper.md, open question 1)."""
+    """Where a LocFedMix-SL client's lower-model gradient comes from; the paper leaves this open, so each reading
+    is a switch (algo.client_grad)."""
 
     SERVER_AND_REGULARIZER = "server+reg"  # ∂L_i/∂s_i back-propagated + γ ∇L_rec (default reading)
     LOCAL_ONLY = "local_only"  # γ ∇L_rec only; no gradient goes down

@@ -115,7 +115,8 @@ def _fashion_mnist(data_dir: str | None, seed: int) -> Dataset:
     if folder is None:
         raise UserError(
             f"fashion-mnist files ({', '.join(name + '[.gz]' for name in IDX_NAMES)}) not found; searched: "
-            f"{', '.join(map(str, searched))}; run `apt-get install dataset-fashion-mnist` or pass --data-dir"
+            f"{', '.join(map(str, searched))}; run `apt-get install dataset-fashion-mnist` or point data.dir "
+            f"(--set data.dir=DIR) at them"
         )
     return _read_idx_set("fashion-mnist", folder)
 
@@ -124,7 +125,8 @@ def _cifar10(data_dir: str | None, seed: int) -> Dataset:
     bases = _user_folders(data_dir)
     if not bases:
         raise UserError(
-            f"dataset 'cifar10' needs --data-dir (or ${DATA_ENV}) pointing at the extracted cifar-10-batches-py folder"
+            f"dataset 'cifar10' needs data.dir (--set data.dir=DIR) or ${DATA_ENV} pointing at the extracted "
+            f"cifar-10-batches-py folder"
         )
     folder = next((found for found in map(batch_folder, bases) if found is not None), None)
     if folder is None:

@@ -6,7 +6,7 @@ PathologicalPartitioner, ShardPartitioner: `alpha`, `min_partition_size`, `num_c
 comes from the caller's generator, so the same seed gives the same split."""
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -15,6 +15,20 @@ from locfedmix.errors import UserError
 # Dirichlet draws are retried this often before giving up on min_partition_size.
 MAX_DIRICHLET_TRIES = 100
 
+# How 'pathological' picks each client's classes: "balanced" (ours, the default) deals them from reshuffled decks, so
+# every class is used once n_clients x k >= n_classes and holders per class differ by at most one; the other three
+# are Flower Datasets' modes ("random" is Flower's default: classes drawn per client, some may go unused).
+ClassAssignment = Literal["balanced", "random", "deterministic", "first-deterministic"]
+CLASS_ASSIGNMENT_MODES: tuple[str, ...] = ClassAssignment.__args__
+
+# The [data] parameters each partitioner reads (the rest do not apply to it).
+PARTITION_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "iid": (),
+    "dirichlet": ("alpha", "min_partition_size", "partition_by"),
+    "pathological": ("num_classes_per_partition", "class_assignment_mode", "partition_by"),
+    "shards": ("num_shards_per_partition", "shard_size"),
+}
+
 
 @dataclass(frozen=True)
 class _Options:
@@ -22,6 +36,7 @@ class _Options:
     alpha: float
     min_partition_size: int
     num_classes_per_partition: int
+    class_assignment_mode: str
     num_shards_per_partition: int
     shard_size: int  # 0 = len(labels) // (n_clients * num_shards_per_partition), Flower's automatic size
 
@@ -84,22 +99,48 @@ def _deal_classes(classes: np.ndarray, n_clients: int, k: int, rng: np.random.Ge
     return hands
 
 
+def _assign_classes(mode: str, classes: np.ndarray, n_clients: int, k: int,
+                    rng: np.random.Generator) -> list[list[int]]:
+    """Each client's k classes; "random", "deterministic" and "first-deterministic" as Flower Datasets' modes."""
+    n = len(classes)
+    if mode == "balanced":
+        return _deal_classes(classes, n_clients, k, rng)
+    if mode == "deterministic":
+        return [[int(classes[(client + i) % n]) for i in range(k)] for client in range(n_clients)]
+    if mode == "random":
+        return [[int(c) for c in rng.choice(classes, size=k, replace=False)] for _ in range(n_clients)]
+    hands = [[int(classes[client % n])] for client in range(n_clients)]  # first-deterministic
+    for hand in hands:
+        while len(hand) < k:
+            card = int(rng.choice(classes))
+            if card not in hand:
+                hand.append(card)
+    return hands
+
+
 def _pathological(labels: np.ndarray, n_clients: int, rng: np.random.Generator, opts: _Options) -> list[np.ndarray]:
     """Flower's PathologicalPartitioner: every client holds exactly num_classes_per_partition classes, and each class
-    is split evenly among its holders (classes are dealt from reshuffled decks, so all of them are used)."""
+    is split evenly among its holders; a class with fewer samples than holders is an error, as in Flower."""
     classes = np.unique(labels)
-    if opts.num_classes_per_partition > len(classes):
-        raise UserError(
-            f"num_classes_per_partition={opts.num_classes_per_partition} exceeds the {len(classes)} classes in the "
-            f"labels; choose 1..{len(classes)}"
-        )
-    hands = _deal_classes(classes, n_clients, opts.num_classes_per_partition, rng)
+    k = opts.num_classes_per_partition
+    if k > len(classes):
+        raise UserError(f"num_classes_per_partition={k} exceeds the {len(classes)} classes in the labels; "
+                        f"choose 1..{len(classes)}")
+    if opts.class_assignment_mode not in CLASS_ASSIGNMENT_MODES:
+        raise UserError(f"class_assignment_mode={opts.class_assignment_mode!r} is unknown; choose one of: "
+                        f"{', '.join(CLASS_ASSIGNMENT_MODES)}")
+    hands = _assign_classes(opts.class_assignment_mode, classes, n_clients, k, rng)
     shares: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
     for cls in classes:
         holders = [client for client, hand in enumerate(hands) if cls in hand]
-        if holders:
-            chunks = np.array_split(rng.permutation(np.flatnonzero(labels == cls)), len(holders))
-            for client, chunk in zip(holders, chunks):
+        members = np.flatnonzero(labels == cls)
+        if len(holders) > len(members):
+            raise UserError(
+                f"pathological: class {cls} has {len(members)} samples for the {len(holders)} clients holding it "
+                f"(n_clients={n_clients}, num_classes_per_partition={k}), so some client would get none of it; "
+                f"use fewer clients or fewer classes per client")
+        if holders:  # an unused class draws nothing, so the other classes' splits stay as they were
+            for client, chunk in zip(holders, np.array_split(rng.permutation(members), len(holders))):
                 shares[client].append(chunk)
     return [np.concatenate(chunks) for chunks in shares]
 
@@ -142,10 +183,9 @@ def _check_arguments(name: str, n_samples: int, n_clients: int, opts: _Options) 
         raise UserError(f"samples_per_client={opts.samples_per_client} is invalid; it must be at least 1 (or unset)")
     if not opts.alpha > 0:
         raise UserError(f"alpha={opts.alpha} is invalid; the Dirichlet concentration must be > 0")
-    for key in ("min_partition_size", "shard_size"):
-        if getattr(opts, key) < 0:
-            raise UserError(f"{key}={getattr(opts, key)} is invalid; it must be at least 0")
-    for key in ("num_classes_per_partition", "num_shards_per_partition"):
+    if opts.shard_size < 0:
+        raise UserError(f"shard_size={opts.shard_size} is invalid; it must be at least 0 (0 = automatic)")
+    for key in ("min_partition_size", "num_classes_per_partition", "num_shards_per_partition"):
         if getattr(opts, key) < 1:
             raise UserError(f"{key}={getattr(opts, key)} is invalid; it must be at least 1")
 
@@ -166,19 +206,27 @@ def partition(
     alpha: float = 0.5,
     min_partition_size: int = 1,
     num_classes_per_partition: int = 2,
+    class_assignment_mode: ClassAssignment = "balanced",
     num_shards_per_partition: int = 2,
     shard_size: int = 0,
 ) -> list[np.ndarray]:
     """One sorted, disjoint int64 index array (into `labels`) per client; deterministic given `rng`.
 
     `alpha` and `min_partition_size` drive 'dirichlet' (the minimum is checked before the cap);
-    `num_classes_per_partition` drives 'pathological'; `num_shards_per_partition` and `shard_size` drive 'shards';
-    `samples_per_client` caps every client by random subsampling."""
+    `num_classes_per_partition` and `class_assignment_mode` drive 'pathological'; `num_shards_per_partition` and
+    `shard_size` drive 'shards'; `samples_per_client` caps every client by random subsampling. A split that would
+    leave a client without samples is a UserError naming the parameters, never an empty client."""
     labels = np.asarray(labels)
     opts = _Options(samples_per_client, alpha, min_partition_size, num_classes_per_partition,
-                    num_shards_per_partition, shard_size)
+                    class_assignment_mode, num_shards_per_partition, shard_size)
     _check_arguments(name, len(labels), n_clients, opts)
     parts = PARTITIONERS[name](labels, n_clients, rng, opts)
+    empty = sum(len(part) == 0 for part in parts)
+    if empty:
+        used = ", ".join(f"{key}={getattr(opts, key)!r}" for key in PARTITION_PARAMETERS.get(name, ())
+                         if key != "partition_by")
+        raise UserError(f"partition '{name}' ({used or 'no parameters'}) leaves {empty} of n_clients={n_clients} "
+                        f"clients without samples; use fewer clients")
     return [np.sort(_cap(part, samples_per_client, rng)).astype(np.int64) for part in parts]
 
 

@@ -1,5 +1,5 @@
 """The latency model: simulated seconds of each step and sync, a pure function of the ledger's messages, the FLOPs
-of the passes and a device/link profile (paper.md, "Latency model"; SGLR Table 6 generalised per step).
+of the passes and a device/link profile (SGLR's Table 6 latency model, generalised per step).
 
 A step whose client waits for the server's gradient costs
     client forward + max(local objective, upload + server + download) + client backward,

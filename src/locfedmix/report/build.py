@@ -1,6 +1,7 @@
 """`locfedmix report`: run directories → one folder with report.md, its PNG plots and a table of results.
 
-The report holds no timestamps, so the same runs give the same report.md."""
+The report says what it compares (the setting the runs share, once; the keys in which they differ, per run), names
+each curve by its algorithm and those keys, and holds no timestamps, so the same runs give the same report.md."""
 
 from pathlib import Path
 from typing import Any
@@ -8,9 +9,10 @@ from typing import Any
 from locfedmix.errors import UserError
 from locfedmix.report.plots import accuracy_curves, partition_heatmap
 from locfedmix.report.runs import Run, file_stem, find_runs
+from locfedmix.report.settings import differing, headline, legend, setting
 
 TABLE_HEADER = ("run", "algorithm", "rounds", "final test acc", "best test acc", "MB up", "MB down", "MB total",
-                "time to target (simulated)")
+                "time to target (simulated)", "simulated s", "wall s")
 
 # (file, x axis, title) of the curves every report draws
 CURVES = [
@@ -27,12 +29,15 @@ def _time_to_target(target: dict[str, Any]) -> str:
 
 
 def table_row(run: Run) -> tuple[str, ...]:
-    """The final row of metrics.csv, its bytes, and the time to target from summary.json."""
+    """The final row of metrics.csv, its bytes, the time to target from summary.json, and the run's simulated time
+    beside the wall-clock time it took here."""
     final = run.rows[-1]
     best = max(row["test_accuracy"] for row in run.rows)
     up, down = final["bytes_up"] / 1e6, final["bytes_down"] / 1e6
+    wall = run.summary.get("wall_seconds")
     return (run.name, run.algorithm, str(int(final["round"])), f"{final['test_accuracy']:.4f}", f"{best:.4f}",
-            f"{up:.2f}", f"{down:.2f}", f"{up + down:.2f}", _time_to_target(run.summary["time_to_target"]))
+            f"{up:.2f}", f"{down:.2f}", f"{up + down:.2f}", _time_to_target(run.summary["time_to_target"]),
+            f"{final['simulated_seconds']:.1f}", "-" if wall is None else f"{wall:.1f}")
 
 
 def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -57,6 +62,10 @@ def partition_section(runs: list[Run], out: Path) -> list[str]:
     return lines
 
 
+def _targets(runs: list[Run]) -> list[float]:
+    return sorted({run.summary["time_to_target"]["target_accuracy"] for run in runs})
+
+
 def write_report(directories: list[str | Path], out: str | Path | None = None) -> Path:
     """Read every run in `directories` (run directories or folders holding them) and write report.md with its plots
     into `out` (default: a `report` folder in the first directory); return report.md's path."""
@@ -66,13 +75,25 @@ def write_report(directories: list[str | Path], out: str | Path | None = None) -
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"report folder '{out}' cannot be created: {err.strerror}") from None
-    groups = {run.name: [run.rows] for run in runs}
-    lines = ["# locfedmix report", "", f"{len(runs)} runs from {', '.join(f'`{d}`' for d in directories)}.", "",
-             "## Results", "", markdown_table(TABLE_HEADER, [table_row(run) for run in runs]), "",
-             "Final and best test accuracy from metrics.csv; bytes are cumulative over the run; the time to target "
-             "is simulated (the run's `[latency]` profile and `target_accuracy`).", "", "## Curves", ""]
+    settings = [setting(run) for run in runs]
+    varying = differing(settings)
+    groups: dict[str, list] = {}
+    for run, run_setting in zip(runs, settings):
+        label = legend(run, run_setting, varying)
+        groups[label if label not in groups else f"{label} [{run.name}]"] = [run.rows]
+    columns = [key for key in varying if key not in TABLE_HEADER]  # `rounds` has its column already
+    rows = [table_row(run) + tuple(s.get(key, "-") for key in columns) for run, s in zip(runs, settings)]
+    lines = ["# locfedmix report", "", f"{len(runs)} runs from {', '.join(f'`{d}`' for d in directories)}.", ""]
+    if shared := headline(settings, varying):
+        lines += [f"**Compared on**: {shared}.", ""]
+    if varying:
+        lines += [f"**Differing in**: {', '.join(f'`{key}`' for key in varying)} (the table's columns).", ""]
+    lines += ["## Results", "", markdown_table(TABLE_HEADER + tuple(columns), rows), "",
+              "Final and best test accuracy from metrics.csv; bytes are cumulative over the run; the time to target "
+              "and the simulated seconds come from the run's `[latency]` profile and `target_accuracy`; wall s is "
+              "the time the run took on the machine that trained it.", "", "## Curves", ""]
     for png, x, title in CURVES:
-        accuracy_curves(groups, x, out / png, title)
+        accuracy_curves(groups, x, out / png, title, targets=_targets(runs))
         lines += [f"![{title}]({png})", ""]
     lines += partition_section(runs, out)
     report = out / "report.md"

@@ -41,10 +41,14 @@ def finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str, path: Pa
     return path
 
 
-def accuracy_curves(groups: dict[str, list[list[dict[str, Any]]]], x: str, path: Path, title: str) -> Path:
+def accuracy_curves(groups: dict[str, list[list[dict[str, Any]]]], x: str, path: Path, title: str,
+                    targets: list[float] = ()) -> Path:
     """Test accuracy against one of X_AXES, one line per group: the mean over the group's runs (seeds), shaded
-    ± one std where it has several; runs of unequal length are cut to the shortest."""
+    ± one std where it has several; runs of unequal length are cut to the shortest. Each target accuracy is a
+    dashed horizontal line."""
     fig, ax = new_axes()
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
     xlabel, value = X_AXES[x]
     for label, runs in groups.items():
         n = min(len(rows) for rows in runs)

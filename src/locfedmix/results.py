@@ -10,7 +10,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import numpy as np
 import tomli_w
@@ -65,6 +65,34 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+class _KeepsWriteError:
+    """A file for torch.save that keeps the OSError a write met (a full disk): torch's zip writer swallows it and
+    reports only 'unexpected pos'."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(state: dict[str, Any], file: BinaryIO) -> None:
+    sink = _KeepsWriteError(file)
+    try:
+        torch.save(state, sink)
+    except RuntimeError:
+        if sink.error:
+            raise sink.error from None
+        raise
 
 
 class RunDirectory:
@@ -147,7 +175,7 @@ class RunDirectory:
         experiment, fingerprint = experiment_record(self.config)
         record = {**state, "events_bytes": self.events.size(), "experiment": experiment, "fingerprint": fingerprint}
         with self._writing(self.checkpoint):
-            atomic_write(self.checkpoint, lambda f: torch.save(record, f))
+            atomic_write(self.checkpoint, lambda f: _torch_save(record, f))
         self.saved_round = state["round"]
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -66,6 +66,8 @@ def open_run_folder(path: Path, overwrite: bool, resume: bool, lock: bool) -> Ru
         raise UserError(f"'{path}' holds no run to resume (no config.toml)")
     if not resume and os.path.lexists(path) and _entries(path) and not overwrite:
         _refuse_occupied(path, _entries(path))
+    if path.is_dir():
+        _refuse_links(path)  # before the lock file is made; the writes' O_NOFOLLOW covers a link planted later
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -74,7 +76,6 @@ def open_run_folder(path: Path, overwrite: bool, resume: bool, lock: bool) -> Ru
         raise UserError(f"run directory '{path}' cannot be created: {reason(err)}") from None
     held = RunLock(path) if lock else None
     try:
-        _refuse_links(path)
         if not resume and _entries(path) and not overwrite:  # written meanwhile by a process that left
             _refuse_occupied(path, _entries(path))
         if not resume:

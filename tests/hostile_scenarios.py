@@ -29,7 +29,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 CONFIG = {"algorithm": "psl", "dataset": "synthetic", "n_clients": 2, "samples_per_client": 8, "rounds": 1,
           "batch_size": 4, "seed": 0}
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-TIMEOUT_S = 120
+TIMEOUT_S = 60
 LOCK_FILE = "run.lock"
 # A process reading /dev/zero into memory stops here (MemoryError) instead of taking the machine's memory.
 ADDRESS_SPACE_BYTES = 2**31

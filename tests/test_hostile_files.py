@@ -12,7 +12,6 @@ import torch
 
 from hostile_scenarios import (COMMAND, ENV, IDX_NAMES, SCENARIOS, finished_run, idx_set, mounted_tmpfs, play, run_args,
                                write_config)
-from locfedmix.config_files import MAX_CONFIG_BYTES
 
 def locfedmix(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=ENV, timeout=300)
@@ -39,9 +38,9 @@ def test_door1_overwrite_removes_only_the_files_locfedmix_writes(tmp_path):
 def test_door4_a_config_past_the_size_cap_is_refused_on_what_is_read(tmp_path):
     config = write_config(tmp_path / "c.toml")
     with config.open("a") as f:
-        f.write("#" * MAX_CONFIG_BYTES + "\n")  # valid TOML: a comment
+        f.write("#" * 2**21 + "\n")  # valid TOML (a comment), twice the 1 MiB cap
     done = locfedmix(*run_args(config, tmp_path / "run"))
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"at most {MAX_CONFIG_BYTES}" in done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"bytes; at most {2**20}" in done.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -142,8 +142,8 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
                  state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
     """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
     flushed, to the run directory's logs), probing leakage when `[leakage]` says so and, if `checkpoints`,
-    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage) is updated in place
-    and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
+    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage, trained_rounds) is
+    updated in place and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
     checkpoint; only rank 0 has `run_dir` and writes."""
     ds = data.dataset
     probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)

@@ -117,7 +117,8 @@ class Layout(StrEnum):
 
 class EngineConfig(_Section):
     kind: EngineKind = Field(EngineKind.AUTO, strict=False)
-    layout: Layout = Field(Layout.AUTO, strict=False, description="memory layout of the loop pool's lower models and images")
+    layout: Layout = Field(Layout.AUTO, strict=False,
+                           description="memory layout of the loop pool's lower models and images")
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
     activation_memory_mb: float = Field(
         2048, ge=0, allow_inf_nan=False,

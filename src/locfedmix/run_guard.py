@@ -80,13 +80,11 @@ def open_run_folder(path: Path, overwrite: bool, resume: bool, lock: bool) -> Ru
             _refuse_occupied(path, _entries(path))
         if not resume:
             _remove_own_files(path)
-    except OSError as err:
+    except (OSError, UserError) as err:
         if held:
             held.release()
-        raise UserError(f"run directory '{path}' cannot be prepared: {reason(err)}") from None
-    except UserError:
-        if held:
-            held.release()
+        if isinstance(err, OSError):
+            raise UserError(f"run directory '{path}' cannot be prepared: {reason(err)}") from None
         raise
     return held
 

@@ -1,8 +1,11 @@
-"""Reliability figures (issue #7): how hard the test suite checks resume and config validation, a standalone
-kill/resume loop with faulty clients, and what dropout and client sampling cost in accuracy, bytes and time.
+"""Reliability figures (issues #7 and #26): how hard the test suite checks resume and config validation, a standalone
+kill/resume loop with faulty clients, what dropout and client sampling cost in accuracy, bytes and time, and the
+hostile-input suite around a run (tests/hostile_scenarios.py) played here, each scenario's surrounding tree hashed
+before and after.
 
-    python benchmarks/reliability.py                 # 9 kill/resume trials and the dropout sweep (a few minutes)
+    python benchmarks/reliability.py                 # 9 kill/resume trials, the dropout sweep, the hostile suite
     python benchmarks/reliability.py --quick --out /tmp/r --trials 0   # a tiny sweep on synthetic data (tests)
+    python benchmarks/reliability.py --hostile-only  # the hostile suite; the other sections from reliability.json
 
 Writes benchmarks/results/RELIABILITY.md, reliability.csv (the sweep) and reliability.json (every figure).
 """
@@ -13,6 +16,7 @@ import csv
 import itertools
 import json
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ from locfedmix.experiment import load_experiment
 HERE = Path(__file__).parent
 TESTS = HERE.parent / "tests"
 sys.path.insert(0, str(TESTS))
+import hostile_scenarios  # noqa: E402  (the hostile-input scenarios the suite plays)
 import test_resume  # noqa: E402  (the kill helper and the parametrization the suite runs)
 
 SWEEP = {"algorithms": ["psl", "sfl", "locfedmix"], "dropout": [0.0, 0.1, 0.3], "fraction": [1.0, 0.5]}
@@ -121,12 +126,85 @@ def observations(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# The issue's classes; class 9 (partitioners) has its own test file, tests/test_hostile_partitions.py.
+CLASSES = {1: "never destroy what the library did not write", 2: "one writer per run directory",
+           3: "every path derived from a value stays inside --out", 4: "every file read is bounded and regular",
+           5: "data provenance", 6: "resume is only a resume", 7: "strict values, strict output",
+           8: "clear errors from the operating system", 9: "every partitioner satisfies its parameters or says why"}
+PARTITION_TESTS = TESTS / "test_hostile_partitions.py"
+
+
+def hostile_suite() -> list[dict[str, Any]]:
+    """Every scenario played in a fresh folder: its exit code, whether stderr was one line, what changed outside."""
+    rows = []
+    for scenario in tqdm(hostile_scenarios.SCENARIOS, desc="hostile", leave=False):
+        with tempfile.TemporaryDirectory() as tmp:
+            outcome = hostile_scenarios.play(scenario, Path(tmp))
+        rows.append({"class": scenario.door, "scenario": scenario.name, "expected_code": scenario.code,
+                     "code": outcome.code, "stderr_lines": len(outcome.stderr.splitlines()),
+                     "outside_changed": len(outcome.changed), "as_required": outcome.matches(scenario)})
+    return rows
+
+
+def further_tests() -> dict[int, int]:
+    """Tests named test_doorN_* in tests/test_hostile_files.py, by class."""
+    names = re.findall(r"^def test_door(\d)_", (TESTS / "test_hostile_files.py").read_text(), re.MULTILINE)
+    return {door: names.count(str(door)) for door in CLASSES}
+
+
+def partition_tests() -> dict[str, Any] | None:
+    """Class 9's test file run as it stands (None while it does not exist)."""
+    if not PARTITION_TESTS.exists():
+        return None
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PARTITION_TESTS)],
+                          capture_output=True, text=True, cwd=HERE.parent)
+    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|error)", done.stdout)}
+    return {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)}
+
+
+def _ends_in(rows: list[dict[str, Any]]) -> str:
+    codes = sorted({str(r["code"]) for r in rows})
+    lines = "one line on stderr" if all(r["stderr_lines"] == 1 for r in rows) else "stderr: " + "/".join(
+        sorted({str(r["stderr_lines"]) for r in rows})) + " lines"
+    outside = "nothing outside changed" if not any(r["outside_changed"] for r in rows) else "**files outside changed**"
+    return f"exit {'/'.join(codes)}, {lines}, {outside}"
+
+
+def hostile_section(hostile: dict[str, Any]) -> list[str]:
+    """The hostile-input suite per class: its size and what every scenario of the class ended in."""
+    rows, further, partitions = hostile["scenarios"], hostile["further_tests"], hostile["partitions"]
+    lines = ["## Hostile input around a run", "",
+             "Each scenario of `tests/hostile_scenarios.py` builds real files in a fresh folder and runs `locfedmix` "
+             "as a real process; the folder's whole tree, minus the scenario's own run directory, is hashed before "
+             "and after. The same scenarios run in `tests/test_hostile_files.py::test_hostile_scenario`, beside the "
+             "further tests counted here (`test_doorN_*`). A run that succeeds on purpose (a sweep label sanitized, "
+             "or a warning) ends in exit 0.", "",
+             "| class | | scenarios | further tests | ends in | as required |", "|---:|---|---:|---:|---|---:|"]
+    for door, title in CLASSES.items():
+        mine = [r for r in rows if r["class"] == door]
+        if door == 9:
+            ran = (f"{partitions['passed']} passed, {partitions['failed']} failed" if partitions
+                   else "not yet written")
+            lines.append(f"| 9 | {title} | – | {ran} (`tests/test_hostile_partitions.py`) | – | – |")
+            continue
+        good = sum(r["as_required"] for r in mine)
+        lines.append(f"| {door} | {title} | {len(mine)} | {further[door]} | {_ends_in(mine)} | "
+                     f"{good} of {len(mine)} |")
+    total = sum(r["as_required"] for r in rows)
+    return [*lines, "", f"**{total} of {len(rows)}** scenarios ended as required.", "",
+            "| class | scenario | exit code (expected) | stderr lines | paths changed outside |",
+            "|---:|---|---|---:|---:|",
+            *(f"| {r['class']} | `{r['scenario']}` | {r['code']} ({r['expected_code']}) | {r['stderr_lines']} | "
+              f"{r['outside_changed']} |" for r in rows), ""]
+
+
 def write_data(figures: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
-               base: dict[str, Any], out: Path) -> None:
+               base: dict[str, Any], out: Path, hostile: dict[str, Any] | None = None) -> None:
     """Every figure of the report, as JSON, and the sweep as CSV."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "reliability.json").write_text(json.dumps({"suite": figures, "kill_resume_trials": trials,
-                                                      "sweep_settings": base, "sweep": rows}, indent=2) + "\n")
+                                                      "sweep_settings": base, "sweep": rows, "hostile": hostile},
+                                                     indent=2) + "\n")
     with (out / "reliability.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -152,8 +230,8 @@ def resume_section(figures: dict[str, Any], trials: list[dict[str, Any]]) -> lis
 
 
 def write_report(figures: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
-                 base: dict[str, Any], out: Path) -> str:
-    write_data(figures, trials, rows, base, out)
+                 base: dict[str, Any], out: Path, hostile: dict[str, Any] | None = None) -> str:
+    write_data(figures, trials, rows, base, out, hostile)
     test_size = len(load_dataset(base["dataset"], None, base["seed"]).y_test)
     hyp = figures["hypothesis"]
     text = "\n".join([
@@ -181,6 +259,7 @@ def write_report(figures: dict[str, Any], trials: list[dict[str, Any]], rows: li
         "Simulated seconds (`phone-lte` profile):", "",
         sweep_table(rows, "simulated_seconds", ".1f"), "",
         *observations(rows), "",
+        *(hostile_section(hostile) if hostile else []),
     ])
     (out / "RELIABILITY.md").write_text(text)
     return text
@@ -191,9 +270,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=len(ALGORITHMS), help="standalone kill/resume trials")
     parser.add_argument("--quick", action="store_true", help="a one-round sweep on synthetic data")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--hostile-only", action="store_true",
+                        help="play the hostile suite; take the trials and the sweep from the last reliability.json")
     args = parser.parse_args()
-    base = QUICK if args.quick else BASE
-    print(write_report(suite_figures(), kill_resume_trials(args.trials), dropout_sweep(base), base, args.out))
+    hostile = {"scenarios": hostile_suite(), "further_tests": further_tests(), "partitions": partition_tests()}
+    if args.hostile_only:
+        last = json.loads((args.out / "reliability.json").read_text())
+        trials, rows, base = last["kill_resume_trials"], last["sweep"], last["sweep_settings"]
+    else:
+        base = QUICK if args.quick else BASE
+        trials, rows = kill_resume_trials(args.trials), dropout_sweep(base)
+    print(write_report(suite_figures(), trials, rows, base, args.out, hostile))
 
 
 if __name__ == "__main__":

@@ -129,12 +129,16 @@ def test_fashion_mnist_missing_lists_searched_folders(tmp_path: Path, monkeypatc
     given.mkdir(), env.mkdir()
     monkeypatch.setattr(datasets, "FASHION_MNIST_DEFAULT", default)
     monkeypatch.setenv(DATA_ENV, str(env))
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UserError) as info:  # a named folder is the only one searched (issue #26, class 5)
         load_dataset("fashion-mnist", data_dir=str(given))
     message = str(info.value)
-    assert all(str(folder) in message for folder in (given, env, default))
+    assert str(given / "train-images-idx3-ubyte") in message and str(env) not in message and "\n" not in message
+    monkeypatch.delenv(DATA_ENV)
+    with pytest.raises(UserError) as info:  # nothing named: the default folder, and how to fill it
+        load_dataset("fashion-mnist")
+    message = str(info.value)
+    assert str(default) in message and "\n" not in message
     assert "apt-get install dataset-fashion-mnist" in message and "--set data.dir=DIR" in message
-    assert "\n" not in message
 
 
 def test_fashion_mnist_from_data_dir_matches_written_files(tmp_path: Path) -> None:
@@ -148,7 +152,7 @@ def test_fashion_mnist_from_data_dir_matches_written_files(tmp_path: Path) -> No
 def test_fashion_mnist_from_env_subfolder_uncompressed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_idx_set(tmp_path / "fashion-mnist", n_train=4, n_test=2, gz=False)
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
-    data = load_dataset("fashion-mnist", data_dir=str(tmp_path / "nowhere"))
+    data = load_dataset("fashion-mnist")
     assert data.x_train.shape == (4, 1, 28, 28) and data.x_test.shape == (2, 1, 28, 28)
 
 

@@ -1,7 +1,9 @@
 """The one-call API: `run(config)` trains one algorithm on one federation and returns its summary."""
 
+import math
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from locfedmix.data.partition import label_histograms, partition, split_validati
 from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
 from locfedmix.engines.distributed import agree, is_primary, join, world_size
-from locfedmix.errors import UserError
+from locfedmix.errors import NothingTrained, NumericalError, UserError
 from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
 from locfedmix.engines.host_memory import keep_freed_host_memory
 from locfedmix.evaluation import evaluate_federation
@@ -101,7 +103,19 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
         "processes": world_size(),
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
         "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
+        "data_files": [{"path": path, "sha256": digest} for path, digest in data.dataset.files],
     }
+
+
+def nothing_trained(state: dict[str, Any]) -> dict[str, Any]:
+    """A warning (and summary.json's `warnings`) when no round trained any model: the numbers are the initial
+    models', which a NaN training loss alone would not say."""
+    if state["trained_rounds"]:
+        return {}
+    message = (f"no step trained any model in {state['round']} rounds (every upload missed the deadline, or every "
+               "client dropped out); the accuracies are those of the initial models")
+    warnings.warn(message, NothingTrained, stacklevel=3)
+    return {"warnings": [message]}
 
 
 def measure_leakage(probe: LeakageProbe, round_index: int, run_dir: RunDirectory | None) -> dict[str, Any]:
@@ -134,8 +148,8 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
                  state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
     """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
     flushed, to the run directory's logs), probing leakage when `[leakage]` says so and, if `checkpoints`,
-    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage) is updated in place
-    and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
+    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage, trained_rounds) is
+    updated in place and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
     checkpoint; only rank 0 has `run_dir` and writes."""
     ds = data.dataset
     probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
@@ -151,6 +165,7 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
             bar.update(r * per_round - bar.n)  # sampled or dropped clients can make a round shorter
             state["train_seconds"] += time.perf_counter() - tick
             state["round"] = r
+            state["trained_rounds"] += math.isfinite(train_loss)  # a round with no step served has a NaN loss
             if r % config.eval.every == 0 or r == config.rounds:
                 state["rows"].append(evaluate_row(fed, data, config, r, train_loss))
                 if run_dir:
@@ -181,24 +196,27 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
                            [len(i) for i in data.client_indices], device, shard)
     run_dir = _open_run(out, config, overwrite, resume)
-    checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
-    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": []}
-    if checkpoint is not None:
-        restore_federation(fed, checkpoint, run_dir.checkpoint)
-        state = {key: checkpoint.get(key, default) for key, default in state.items()}
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0}
     writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
     try:
+        checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
+        if checkpoint is not None:
+            restore_federation(fed, checkpoint, run_dir.checkpoint)
+            state = {key: checkpoint.get(key, default) for key, default in state.items()}
         if writer:
             writer.begin(checkpoint, resume)
         with denormals_flushed(config.engine.flush_denormals):
             train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
-        summary |= privacy_summary(fed, config, state["leakage"])
+        summary |= privacy_summary(fed, config, state["leakage"]) | nothing_trained(state)
         if writer:
             writer.finish(summary)
+    except NumericalError as err:
+        err.checkpoint = run_dir.checkpoint if run_dir and run_dir.saved_round is not None else None
+        raise
     finally:
-        if writer:
-            writer.close()
+        if run_dir:
+            run_dir.close()
     return summary
 
 
@@ -210,7 +228,7 @@ def _open_run(out: str | Path | None, config: Config, overwrite: bool, resume: b
     run_dir, error = None, None
     if is_primary() or resume:
         try:
-            run_dir = RunDirectory(out, config, overwrite, resume)
+            run_dir = RunDirectory(out, config, overwrite, resume, lock=is_primary())
         except UserError as err:
             error = str(err)
     agree(error)

@@ -5,12 +5,14 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.engines.distributed import is_primary, leave, lost_peer, rank
-from locfedmix.errors import NumericalError, UserError
+from locfedmix.errors import NothingTrained, NumericalError, RunFault, UserError
+from locfedmix.files import folder_name
 
 # Every rank meets the same mistake and only rank 0 reports it; another rank that exited first would have torchrun
 # stop rank 0 before it printed (seen under load). The others wait this long, and torchrun stops them meanwhile.
@@ -64,17 +66,35 @@ def _run(args: argparse.Namespace) -> None:
     cells = plan_experiment(args.config, args.overrides)
     base = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     results = []
-    for k, cell in enumerate(cells, 1):
-        out = base / cell.label if cell.label else base
+    folders = cell_folders(base, [cell.label for cell in cells])
+    for k, (cell, out) in enumerate(zip(cells, folders, strict=True), 1):
         if cell.note:
             _say(f"{cell.label}: {cell.note}")
         desc = f"[{k}/{len(cells)}] {cell.label}" if len(cells) > 1 else cell.label or None
         summary = run(cell.config, out, overwrite=args.overwrite, progress=not args.no_progress, label=desc)
+        _warn(summary)
         row = _result_row(cell.label or cell.config.algorithm, summary)
         results.append(row)
         _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}")
     if len(results) > 1:
         _say(_table(results))
+
+
+def cell_folders(base: Path, labels: list[str]) -> list[Path]:
+    """Each sweep cell's run directory: a child of --out named after its label (never a path that a label's '..',
+    '/' or absolute value could carry outside --out); two labels that would share a folder are refused up front."""
+    folders = [base / folder_name(label, "sweep cell label") if label else base for label in labels]
+    for k, folder in enumerate(folders):
+        if folder in folders[:k]:
+            raise UserError(f"sweep cells '{labels[folders.index(folder)]}' and '{labels[k]}' would share the run "
+                            f"directory '{folder}'; give the [sweep] values that differ in more than / or \\")
+    return folders
+
+
+def _warn(summary: dict) -> None:
+    """A run's warnings (nothing trained, say) as one line each on stderr."""
+    for message in summary.get("warnings", []) if is_primary() else []:
+        print(f"locfedmix: warning: {one_line(Exception(message))}", file=sys.stderr, flush=True)
 
 
 def _say(text: str) -> None:
@@ -94,6 +114,7 @@ def _resume(args: argparse.Namespace) -> None:
     directory = Path(args.resume)
     config = validate(read_toml(directory / "config.toml"))  # as written, whoever wrote it (the CLI or the API)
     summary = run(config, directory, progress=not args.no_progress, resume=True)
+    _warn(summary)
     row = _result_row(config.algorithm, summary)
     _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")
 
@@ -163,11 +184,21 @@ def one_line(err: Exception) -> str:
     return str(err).replace("\r", "\\r").replace("\n", "\\n")
 
 
+def _kept(err: NumericalError) -> str:
+    """What a numerical fault leaves to resume from: the last checkpoint, or none at all."""
+    checkpoint = getattr(err, "checkpoint", None)
+    if checkpoint is None:
+        return "no checkpoint had been written, so there is nothing to resume (start again after fixing the cause)"
+    return f"the last good checkpoint '{checkpoint}' is kept (--resume '{checkpoint.parent}' after fixing the cause)"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         commands = {"run": _run, "latency": _latency, "report": _report, "algorithms": lambda _: _algorithms()}
-        commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NothingTrained)  # said once, as one line, from the summary
+            commands[args.command](args)
         leave(together=True)
     except UserError as err:
         if is_primary():  # every rank meets the same mistake; one line is enough
@@ -177,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except NumericalError as err:
         if is_primary():
-            print(f"locfedmix: numerical fault: {err}; the last good checkpoint is kept (--resume after fixing "
-                  f"the cause)", file=sys.stderr)
+            print(f"locfedmix: numerical fault: {err}; {_kept(err)}", file=sys.stderr)
         return 3
+    except RunFault as err:
+        print(f"locfedmix: error: {one_line(err)}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("locfedmix: interrupted; results written so far are in the run directory", file=sys.stderr)
         return 130

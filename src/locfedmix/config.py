@@ -13,7 +13,9 @@ from locfedmix.latency.model import PROFILES, Profile
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    # Strict: a TOML `true` is not the integer 1, nor "3" the number 3 (--set values are TOML literals, so
+    # `--set rounds=3` is the integer 3); only enum fields take their names as strings. No float may be infinite.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False, strict=True, allow_inf_nan=False)
 
 
 class OptimizerName(StrEnum):
@@ -22,7 +24,7 @@ class OptimizerName(StrEnum):
 
 
 class OptimizerConfig(_Section):
-    name: OptimizerName = OptimizerName.ADAM
+    name: OptimizerName = Field(OptimizerName.ADAM, strict=False)
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -63,8 +65,8 @@ class AlgoSwitches(_Section):
     loc: bool | None = None
     mix: bool | None = None
     fed: bool | None = None
-    client_grad: GradientSource | None = None
-    rec_loss: ReconstructionLoss | None = None
+    client_grad: GradientSource | None = Field(None, strict=False)
+    rec_loss: ReconstructionLoss | None = Field(None, strict=False)
     gamma: float | None = Field(None, ge=0)
     partners: int | None = Field(None, ge=1)
     mix_alpha: float | None = Field(None, gt=0)
@@ -75,7 +77,7 @@ class AlgoSwitches(_Section):
     gradmix_fraction: float | None = Field(None, ge=0, le=1)
     server_lr_exponent: float | None = Field(None, ge=0, le=3)
     handoff_every: int | None = Field(None, ge=0)
-    server_layout: ServerLayout | None = None
+    server_layout: ServerLayout | None = Field(None, strict=False)
 
 
 class LatencyConfig(_Section):
@@ -116,8 +118,9 @@ class Layout(StrEnum):
 
 
 class EngineConfig(_Section):
-    kind: EngineKind = EngineKind.AUTO
-    layout: Layout = Field(Layout.AUTO, description="memory layout of the loop pool's lower models and images")
+    kind: EngineKind = Field(EngineKind.AUTO, strict=False)
+    layout: Layout = Field(Layout.AUTO, strict=False,
+                           description="memory layout of the loop pool's lower models and images")
     chunk_clients: int = Field(256, ge=1, description="clients per vmap call in the vectorized engine")
     activation_memory_mb: float = Field(
         2048, ge=0, allow_inf_nan=False,

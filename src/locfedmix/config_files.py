@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from locfedmix.errors import UserError
+from locfedmix.files import read_bounded
+
+# Far beyond any experiment file (a 10,000-cell sweep fits in a few kB); a larger file is not a config.
+MAX_CONFIG_BYTES = 2**20
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -39,15 +43,13 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """The config file as plain data (tomllib builds only dicts, lists, strings, numbers, booleans and dates);
-    every way the file can be unreadable ends as a UserError naming it."""
+    """The config file as plain data (tomllib builds only dicts, lists, strings, numbers, booleans and dates); it must
+    be a regular file of at most MAX_CONFIG_BYTES, and every way it can be unreadable ends as a UserError naming it."""
+    if not Path(path).exists():
+        raise UserError(f"config file '{path}' not found")
+    raw = read_bounded(Path(path), MAX_CONFIG_BYTES, "config file")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file '{path}' not found") from None
-    except OSError as err:
-        raise UserError(f"config file '{path}' cannot be read: {err.strerror or type(err).__name__}") from None
+        return tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"config file '{path}' is not valid TOML: {err}") from None
     except UnicodeDecodeError as err:

@@ -13,3 +13,13 @@ class DataError(UserError):
 
 class NumericalError(Exception):
     """A loss, smashed tensor or gradient stopped being finite; the run stops and its last checkpoint is kept."""
+
+
+class RunFault(Exception):
+    """The operating system refused a write while a run was under way (a full or read-only disk, say); the message
+    names the file, the cause and the checkpoint that is left intact. The CLI exits with code 4."""
+
+
+class NothingTrained(UserWarning):
+    """A run ended in which no step trained any model (every upload past the deadline, say): its numbers are those of
+    the initial models, and its training loss is undefined."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from locfedmix.errors import UserError
+from locfedmix.files import open_write
 
 
 def _plain(value: Any) -> Any:
@@ -26,7 +27,7 @@ class EventLog:
         self.path = path
 
     def reset(self) -> None:
-        self.path.write_text("")
+        open_write(self.path, "w").close()
 
     def size(self) -> int:
         """Bytes written so far; the checkpoint records it so that a resume can cut the log back to that point."""
@@ -35,7 +36,7 @@ class EventLog:
     def write(self, event: str, fields: dict[str, Any]) -> None:
         record = {"event": event, "time": datetime.now(UTC).isoformat(timespec="milliseconds")}
         record.update((key, _plain(value)) for key, value in fields.items())
-        with self.path.open("a") as f:
+        with open_write(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -44,7 +45,7 @@ class EventLog:
         """Drop what was written after the checkpoint (rows about to be redone, a line cut short by a kill). Without a
         usable size — a checkpoint older than this log, or a log shortened by hand — rebuild it from the rows."""
         if size is not None and self.size() >= size:
-            with self.path.open("r+b") as f:
+            with open_write(self.path, "ab") as f:  # O_NOFOLLOW, like every write of the run
                 f.truncate(size)
             return
         self.reset()

@@ -1,6 +1,6 @@
 """Reader for the CIFAR-10 python-pickle batches, which may come from anywhere and so are unpickled as data only.
 
-A batch is read in three guarded steps: its size is capped before reading; its opcode stream is walked without
+A batch is read in three guarded steps: it must be a regular file, read up to a size cap counted on the bytes read; its opcode stream is walked without
 building anything (pickletools reads every declared length from the file itself, so no opcode can make the unpickler
 allocate more than the file holds); then it is unpickled with only the globals a batch needs, each replaced by a
 stand-in that accepts exactly the arguments numpy writes and builds the arrays itself with np.frombuffer. numpy never
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from locfedmix.errors import DataError
+from locfedmix.files import read_bounded
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -116,10 +117,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _unpickle(path: Path) -> Any:
     try:
-        size = path.stat().st_size
-        if size > MAX_BATCH_BYTES:
-            raise DataError(f"CIFAR-10 batch {path} is {size} bytes; a batch is at most {MAX_BATCH_BYTES}")
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_BATCH_BYTES, "CIFAR-10 batch", DataError,
+                           too_large="CIFAR-10 batch {path} is {size} bytes; a batch is at most {limit}")
         for _ in pickletools.genops(io.BytesIO(raw)):  # checks every declared length against the bytes present
             pass
         return _BatchUnpickler(raw).load()

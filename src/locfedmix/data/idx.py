@@ -4,7 +4,8 @@ The header is read and checked before any payload byte: the magic number (two ze
 one dimension), the element type and rank the caller expects, and a payload size the file can actually hold (a plain
 file's length must match it exactly). A .gz file is decompressed in chunks, never past what the header promises plus
 one byte (to notice extra data), so neither a lying header nor a gzip bomb makes the reader allocate more than the file
-truly holds."""
+truly holds. Plain files are read the same way, counted on the bytes read rather than a size stat reports, and only a
+regular file is opened (a FIFO or a device such as /dev/zero is refused)."""
 
 import gzip
 import math
@@ -17,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from locfedmix.errors import DataError
+from locfedmix.files import open_regular
 
 # IDX type codes (third magic byte) -> big-endian element type.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -94,20 +96,18 @@ def _read_payload(stream: BinaryIO, header: IdxHeader, source: str) -> np.ndarra
     return array.astype(header.dtype.newbyteorder("="), copy=False)
 
 
-def _open(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+def _decompressed(raw: BinaryIO, path: Path) -> BinaryIO:
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
 
 
 def read_idx(path: Path, ndim: int, dtype: np.dtype = np.dtype(np.uint8)) -> np.ndarray:
     """Read an IDX file that must hold `dtype` elements in `ndim` dimensions (images: 3, labels: 1)."""
     try:
-        with _open(path) as stream:
+        with open_regular(path, "IDX file", DataError) as raw, _decompressed(raw, path) as stream:
             header = _read_header(stream, str(path))
             if header.dtype.newbyteorder("=") != dtype or len(header.shape) != ndim:
                 raise DataError(f"IDX file {path} holds {header.dtype.newbyteorder('=')} data of shape "
                                 f"{header.shape}; expected {dtype} with {ndim} dimensions")
-            if path.suffix != ".gz":  # a plain file's length is known: check it before reading the payload
-                _check_length(path.stat().st_size, header, str(path))
             return _read_payload(stream, header, str(path))
     except (OSError, EOFError, zlib.error) as exc:
         # gzip reports truncation as EOFError and bit rot as BadGzipFile (an OSError) or zlib.error.

@@ -2,6 +2,8 @@
 
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from locfedmix import registry
 from locfedmix.config import Config
-from locfedmix.data.datasets import Dataset, load_dataset
+from locfedmix.data.datasets import Dataset
+from locfedmix.data.sources import load_named, to_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
@@ -21,6 +25,7 @@ from locfedmix.engines.federation import Federation, build_federation, data_step
 from locfedmix.engines.host_memory import keep_freed_host_memory
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
+from locfedmix.models import Model
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
 from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
@@ -39,9 +44,10 @@ class FederatedData:
         return label_histograms(labels, self.client_indices, self.dataset.n_classes)
 
 
-def federate(config: Config) -> FederatedData:
-    """Load the dataset, hold out the validation split, and partition the rest among the clients."""
-    dataset = load_dataset(config.dataset, config.data.dir, config.seed)
+def federate(config: Config, source: Any = None) -> FederatedData:
+    """Load the dataset (`source`, the user's own data, in place of config.dataset when given), hold out the
+    validation split, and partition the rest among the clients."""
+    dataset = load_named(config.dataset, config.data.dir, config.seed) if source is None else to_dataset(source, "user")
     labels = dataset.y_train.numpy()
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
@@ -158,21 +164,24 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
 
 
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
-        label: str | None = None, resume: bool = False) -> dict[str, Any]:
+        label: str | None = None, resume: bool = False, model: Model | None = None, dataset: Any = None,
+        ) -> dict[str, Any]:
     """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
     events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
-    run. With leakage on, the smashed data are probed after the last round (or every round)."""
+    run. With leakage on, the smashed data are probed after the last round (or every round). `model` (a
+    locfedmix.Model) and `dataset` (data/sources.py) replace config.model and config.dataset with the caller's own."""
     if config.log.tensorboard and out is None:
         raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
     if config.engine.keep_host_memory:
         keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
-    data = federate(config)
+    data = federate(config, dataset)
     data.dataset = ds = data.dataset.to(device)
-    fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
-                           [len(i) for i in data.client_indices], device, shard)
+    with given_model(config, model) as model_config:
+        fed = build_federation(model_config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
+                               [len(i) for i in data.client_indices], device, shard)
     run_dir = _open_run(out, config, overwrite, resume)
     checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
     state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": []}
@@ -193,6 +202,19 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         if writer:
             writer.close()
     return summary
+
+
+@contextmanager
+def given_model(config: Config, model: Model | None) -> Iterator[Config]:
+    """The config the federation is built from: `model`, when given, registered for the build under a name no
+    config can hold, in place of config.model."""
+    if model is None:
+        yield config
+        return
+    if not isinstance(model, Model):
+        raise UserError(f"model= takes a locfedmix.Model (network and cut), not a {type(model).__name__}")
+    with registry.given(registry.MODELS, "<python>", model) as name:
+        yield config.model_copy(update={"model": name, "cut": 0})
 
 
 def _open_run(out: str | Path | None, config: Config, overwrite: bool, resume: bool) -> RunDirectory | None:

@@ -194,13 +194,13 @@ class LeakageConfig(_Section):
 
 def _registries() -> dict[str, tuple[str, list[str]]]:
     """Config field → (what it names, the registered names); imported late so that loading a config stays cheap."""
-    from locfedmix.data.datasets import DATASETS
     from locfedmix.data.partition import PARTITIONERS
+    from locfedmix.data.sources import dataset_names
     from locfedmix.models import model_names
 
     return {
         "algorithm": ("algorithm", list(ALGORITHMS)),
-        "dataset": ("dataset", sorted(DATASETS)),
+        "dataset": ("dataset", dataset_names()),
         "partition": ("partitioner", sorted(PARTITIONERS)),
         "model": ("model", model_names()),
     }

@@ -100,8 +100,9 @@ def split_at(network: nn.Module, cut: str) -> tuple[nn.Module, nn.Module]:
     position = nodes.index(node)
     others = [_describe(n) for n in _crossing(nodes, position) if n is not node]
     if others:
+        verb = "crosses" if len(others) == 1 else "cross"
         raise UserError(f"cut={cut!r} does not separate {type(network).__name__}: besides its output, "
-                        f"{', '.join(others)} also cross(es) it (a skip connection); cut before or after the skip")
+                        f"{', '.join(others)} {verb} it (a skip connection); cut before or after the skip")
     lower, upper = fx.Graph(), fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for n in nodes[:position + 1]:

@@ -12,7 +12,8 @@ from PIL import Image
 from torch import nn
 
 from locfedmix import Model, UserError, run, validate
-from locfedmix.data.sources import read_labels, to_dataset
+from locfedmix.data.sources import read_labels
+from locfedmix.data.user import to_dataset
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -137,3 +138,35 @@ def test_an_image_folder_that_declares_fewer_classes_than_its_labels_is_refused(
     folder.classes = folder.classes[:2]
     with pytest.raises(UserError, match=r"train label 2 \(sample 4\) is outside the 2 classes"):
         to_dataset((folder, folder), "folder")
+
+
+class Images(torch.utils.data.Dataset):
+    """Generated 3×8×8 images with a `targets` attribute."""
+
+    def __init__(self, n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.x = rng.random((n, 3, 8, 8), dtype=np.float32)
+        self.targets = (self.x[:, 0].mean(axis=(1, 2)) > 0.5).astype(np.int64) + 2 * (np.arange(n) % 2)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.targets[i])
+
+
+@pytest.mark.parametrize("algorithm, extra", [("psl", {}), ("sl", {}), ("locfedmix", {}),
+                                              ("psl", {"participation": {"dropout": 0.5}})])
+def test_data_over_the_memory_budget_are_streamed_with_the_in_memory_metrics(algorithm, extra, tmp_path, caplog):
+    data = (Images(40, 0), Images(12, 1))  # 52 × 768 B = 39 KB of inputs
+
+    def config(memory_mb: float):
+        return validate({"algorithm": algorithm, "dataset": "synthetic", "n_clients": 3, "rounds": 2, "batch_size": 4,
+                         "seed": 6, "checkpoint_every": 0, "data": {"memory_mb": memory_mb, "workers": 1}, **extra})
+
+    held = run(config(1.0), tmp_path / "held", progress=False, dataset=data)
+    with caplog.at_level("INFO", logger="locfedmix"):
+        streamed = run(config(0.01), tmp_path / "streamed", progress=False, dataset=data)
+    assert (held["data"], streamed["data"]) == ("memory", "streaming")
+    assert "exceed data.memory_mb=0.01; read per step" in caplog.text
+    assert (tmp_path / "streamed" / "metrics.csv").read_text() == (tmp_path / "held" / "metrics.csv").read_text()

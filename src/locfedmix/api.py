@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from locfedmix import registry
 from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset
-from locfedmix.data.sources import load_named, to_dataset
+from locfedmix.data.streaming import StreamingSteps
+from locfedmix.data.user import data_path, load_named, to_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
@@ -47,7 +48,9 @@ class FederatedData:
 def federate(config: Config, source: Any = None) -> FederatedData:
     """Load the dataset (`source`, the user's own data, in place of config.dataset when given), hold out the
     validation split, and partition the rest among the clients."""
-    dataset = load_named(config.dataset, config.data.dir, config.seed) if source is None else to_dataset(source, "user")
+    budget = config.data.memory_mb
+    dataset = (load_named(config.dataset, config.data.dir, config.seed, budget) if source is None
+               else to_dataset(source, "user", budget))
     labels = dataset.y_train.numpy()
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
@@ -140,12 +143,16 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
     ds = data.dataset
     probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
              if config.leakage.enabled else None)
-    execute = data_step(ds.x_train, ds.y_train)
+    streaming = data_path(ds) == "streaming"
+    execute = (StreamingSteps(ds.x_train, ds.y_train, config.data.workers, fed.server.device, data_step) if streaming
+               else data_step(ds.x_train, ds.y_train))
     per_round = steps_per_round(fed, data.client_indices, config.batch_size)
     with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
               disable=None if progress else True, leave=False, unit="step") as bar:
         for r in range(state["round"] + 1, config.rounds + 1):
             tick = time.perf_counter()
+            if streaming:
+                execute.begin_round(fed, data.client_indices, config.batch_size, r)
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
             bar.update(r * per_round - bar.n)  # sampled or dropped clients can make a round shorter
             state["train_seconds"] += time.perf_counter() - tick
@@ -178,6 +185,8 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
     data = federate(config, dataset)
+    if config.leakage.enabled and data_path(data.dataset) == "streaming":
+        raise UserError(f"[leakage] needs the data in memory; raise data.memory_mb above {config.data.memory_mb:g}")
     data.dataset = ds = data.dataset.to(device)
     with given_model(config, model) as model_config:
         fed = build_federation(model_config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
@@ -196,6 +205,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
             train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= privacy_summary(fed, config, state["leakage"])
+        summary["data"] = data_path(ds)
         if writer:
             writer.finish(summary)
     finally:

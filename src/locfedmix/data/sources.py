@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from locfedmix import registry
-from locfedmix.data.datasets import DATASETS, Dataset, load_dataset
+from locfedmix.data.datasets import Dataset
 from locfedmix.errors import UserError
 
 LABEL_COLUMNS = ("label", "labels", "fine_label", "target")
@@ -125,11 +124,17 @@ def read_inputs(source: Any) -> torch.Tensor:
         samples = [as_input(a) for a in array] if array.dtype == np.uint8 else None
         return torch.stack(samples) if samples else as_input(array)
     if is_huggingface(source):
-        column = source[_columns(source)[0]]
-        samples = [as_input(v) for v in column]
-    else:
-        samples = [as_input(source[i][0]) for i in range(len(source))]
-    return stack_samples(samples)
+        return stack_samples([as_input(v) for v in source[_columns(source)[0]]])
+    return stack_samples([as_input(input_of(source, i)) for i in range(len(source))])
+
+
+def input_of(source: Any, index: int) -> Any:
+    """Sample `index`'s input, as the source holds it."""
+    if is_arrays(source):
+        return source[0][index]
+    if is_huggingface(source):
+        return source[index][_columns(source)[0]]
+    return source[index][0]
 
 
 def stack_samples(samples: list[torch.Tensor]) -> torch.Tensor:
@@ -159,32 +164,3 @@ def check_labels(labels: np.ndarray, n_classes: int, split: str) -> None:
     if len(bad):
         raise UserError(f"{split} label {labels[bad[0]]} (sample {bad[0]}) is outside the {n_classes} classes "
                         f"0..{n_classes - 1}")
-
-
-def to_dataset(source: Any, name: str, n_classes: int | None = None) -> SourceDataset:
-    """The user's train and test data held as tensors (the test split is required: see `splits`)."""
-    train, test = splits(source)
-    if test is None:
-        raise UserError("the dataset needs a test split: hand over {'train': ..., 'test': ...} or (train, test)")
-    y_train, y_test = read_labels(train), read_labels(test)
-    n_classes = n_classes or n_classes_of(train, np.concatenate([y_train, y_test]))
-    check_labels(y_train, n_classes, "train")
-    check_labels(y_test, n_classes, "test")
-    x_train, x_test = read_inputs(train), read_inputs(test)
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise UserError(f"train inputs are {tuple(x_train.shape[1:])} but test inputs {tuple(x_test.shape[1:])}")
-    return SourceDataset(name, x_train, torch.from_numpy(y_train), x_test, torch.from_numpy(y_test), n_classes)
-
-
-def dataset_names() -> list[str]:
-    """Names a config may give as `dataset`: built in, then registered (entry-point group locfedmix.datasets)."""
-    return sorted(DATASETS) + [n for n in registry.registered_names(registry.DATASETS) if n not in DATASETS]
-
-
-def load_named(name: str, data_dir: str | None, seed: int) -> Dataset:
-    """A built-in dataset, or a registered one: the entry point's object is a source or a function
-    (data_dir, seed) -> source."""
-    if name in DATASETS:
-        return load_dataset(name, data_dir, seed)
-    found = registry.load(registry.DATASETS, name)
-    return to_dataset(found(data_dir, seed) if callable(found) else found, name)

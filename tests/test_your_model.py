@@ -97,7 +97,8 @@ def _flops_per_sample(fn, batch: int) -> float:
 
 @pytest.mark.parametrize("algorithm", ["psl", "locfedmix"])
 def test_latency_and_bytes_come_from_the_users_modules_and_tensors(algorithm):
-    summary = run(_config(algorithm), progress=False, dataset=image_data(), model=Model(lambda shape, n: SmallResNet(n), cut="layer1"))
+    model = Model(lambda shape, n: SmallResNet(n), cut="layer1")
+    summary = run(_config(algorithm), progress=False, dataset=image_data(), model=model)
     net = SmallResNet()
     x = torch.rand(2, 3, 8, 8)
     stem_and_layer1 = _flops_per_sample(lambda: net.layer1(torch.relu(net.stem(x))), 2)

@@ -29,4 +29,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'locfedmix' has no attribute {name!r}")
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "Config", "Model", "UserError", "register", "resolve_algorithm", "run", "validate"]
+__all__ = ["ALGORITHMS", "Algorithm", "Config", "Model", "UserError", "register", "resolve_algorithm", "run",
+           "validate"]

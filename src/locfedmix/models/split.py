@@ -101,7 +101,8 @@ def _smashed_shape(lower: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
             out = lower(example)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"the client's segment fails on an input of shape {tuple(example.shape[1:])}: {reason}") from None
+        shape = tuple(example.shape[1:])
+        raise UserError(f"the client's segment fails on an input of shape {shape}: {reason}") from None
     finally:
         lower.train(was_training)
     if not isinstance(out, torch.Tensor):

@@ -51,6 +51,8 @@ def federate(config: Config, source: Any = None) -> FederatedData:
     budget = config.data.memory_mb
     dataset = (load_named(config.dataset, config.data.dir, config.seed, budget) if source is None
                else to_dataset(source, "user", budget))
+    if config.leakage.enabled and data_path(dataset) == "streaming":
+        raise UserError(f"[leakage] needs the data in memory; raise data.memory_mb above {budget:g}")
     labels = dataset.y_train.numpy()
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
@@ -185,8 +187,6 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
     data = federate(config, dataset)
-    if config.leakage.enabled and data_path(data.dataset) == "streaming":
-        raise UserError(f"[leakage] needs the data in memory; raise data.memory_mb above {config.data.memory_mb:g}")
     data.dataset = ds = data.dataset.to(device)
     with given_model(config, model) as model_config:
         fed = build_federation(model_config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,

@@ -156,3 +156,9 @@ def test_a_transformer_text_classifier_trains_on_token_ids(algorithm):
 def test_a_missing_head_or_decoder_for_other_inputs_is_named(algorithm, needed):
     with pytest.raises(UserError, match=f"your own {needed}"):
         run(_config(algorithm), progress=False, dataset=text_data(), model=text_model())
+
+
+def test_a_network_whose_outputs_do_not_match_the_classes_is_refused():
+    wrong = Model(lambda shape, n: SmallResNet(n + 1), cut="layer1")
+    with pytest.raises(UserError, match=r"outputs of shape \(5,\) per sample; the data have 4 classes"):
+        run(_config("psl"), progress=False, dataset=image_data(), model=wrong)

@@ -36,7 +36,8 @@ class Model:
         built = self.network
         if callable(built) and not isinstance(built, nn.Module):
             built = built(tuple(input_shape), n_classes)
-        built = copy.deepcopy(built)
+        else:
+            built = copy.deepcopy(built)  # the caller's instance stays as it was
         if isinstance(built, nn.Sequential) and isinstance(self.cut, int):
             built = list(built)
         if isinstance(built, nn.Module):

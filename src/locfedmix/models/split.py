@@ -113,7 +113,15 @@ def _smashed_shape(lower: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
 def _build_registered(name: str, input_shape: tuple[int, ...], n_classes: int) -> SplitModel:
     model = registered_model(name)
     lower, upper = model.build(input_shape, n_classes)
-    shape = _smashed_shape(lower, model.example(input_shape))
+    example = model.example(input_shape)
+    shape = _smashed_shape(lower, example)
+    upper.eval()
+    with torch.no_grad():
+        logits = upper(lower.eval()(example))
+    lower.train(), upper.train()
+    if tuple(logits.shape[1:]) != (n_classes,):
+        raise UserError(f"the network gives outputs of shape {tuple(logits.shape[1:])} per sample; the data have "
+                        f"{n_classes} classes, so it must give ({n_classes},)")
     return SplitModel(lower, upper, shape, copy.deepcopy(model.head), copy.deepcopy(model.decoder))
 
 

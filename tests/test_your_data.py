@@ -194,3 +194,12 @@ def test_a_run_with_your_model_and_streamed_data_resumes_to_the_uninterrupted_nu
     summary = run(config, tmp_path / "resumed", progress=False, dataset=data, model=model, resume=True)
     assert summary["data"] == "streaming"
     assert (tmp_path / "resumed" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+
+
+def test_streamed_inputs_of_different_sizes_are_refused_in_one_line():
+    data = (Pairs([0, 1, 1, 0], [4, 4, 5, 4], classes="ab"), Pairs([0, 1], classes="ab"))
+    config = validate({"algorithm": "psl", "dataset": "synthetic", "n_clients": 1, "rounds": 1, "batch_size": 4,
+                       "data": {"memory_mb": 1e-6, "workers": 1, "val_fraction": 0.0}, "checkpoint_every": 0})
+    with pytest.raises(UserError, match=r"inputs of different sizes: sample 0 is 1x4x4, sample 2 is 1x5x5") as err:
+        run(config, progress=False, dataset=data)
+    assert "\n" not in str(err.value)

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from locfedmix.algorithms.schedule import StepPlan, client_batches, plan_round
-from locfedmix.data.sources import SourceDataset, as_input, input_of, is_arrays
+from locfedmix.data.sources import SourceDataset, as_input, input_of
+from locfedmix.errors import UserError
 from locfedmix.rng import numpy_generator
 
 PREFETCH_STEPS = 2  # steps each worker reads ahead
@@ -33,8 +34,24 @@ class Inputs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, (torch.Tensor, np.ndarray)) and index.ndim == 1:
-            return torch.stack([self[int(i)] for i in index]) if len(index) else torch.empty(0, *self.shape[1:])
+            return self.stack([int(i) for i in index], [self[int(i)] for i in index])
         return as_input(input_of(self.source, int(index)))
+
+    def stack(self, rows: list[int], samples: list[torch.Tensor]) -> torch.Tensor:
+        """Samples `rows` as one tensor; a sample of another shape than the first one's is a UserError naming it
+        (raised here, in this process, so that it stays one line)."""
+        odd = next((r for r, sample in zip(rows, samples) if tuple(sample.shape) != self.shape[1:]), None)
+        if odd is not None:
+            sizes = ["x".join(map(str, shape)) for shape in (self.shape[1:], samples[rows.index(odd)].shape)]
+            raise UserError(f"inputs of different sizes: sample 0 is {sizes[0]}, sample {odd} is {sizes[1]}; "
+                            f"resize them to one size first")
+        return torch.stack(samples) if samples else torch.empty(0, *self.shape[1:])
+
+
+def stacked(samples: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """A step's samples as one tensor, stacked in the worker (and pinned there on a GPU); left as a list when their
+    shapes differ, for the main process to report in one line."""
+    return torch.stack(samples) if len({tuple(s.shape) for s in samples}) == 1 else samples
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,7 @@ class StreamingSteps:
     def begin_round(self, fed: Any, client_indices: list[np.ndarray], batch_size: int, round_index: int) -> None:
         plans = planned_steps(fed, client_indices, batch_size, round_index)
         rows = [torch.cat([plan[i] for i in plan]).tolist() for plan in plans]
-        loader = DataLoader(self.inputs, batch_sampler=rows, num_workers=self.workers,
+        loader = DataLoader(self.inputs, batch_sampler=rows, num_workers=self.workers, collate_fn=stacked,
                             pin_memory=self.device.type == "cuda",
                             prefetch_factor=PREFETCH_STEPS if self.workers else None,
                             persistent_workers=False)
@@ -72,23 +89,23 @@ class StreamingSteps:
 
     def __call__(self, fed: Any, plan: StepPlan) -> float:
         """Train the admitted `plan` on the inputs its planned step loaded (steps nobody attended are skipped)."""
-        for planned, x in self.loaded:
+        for planned, samples in self.loaded:
             if all(i in planned and torch.equal(planned[i], plan[i]) for i in plan):
                 break
         else:
             raise RuntimeError(f"step {fed.step}: no planned step holds {sorted(plan)}")
         rows = torch.cat([planned[i] for i in planned])
+        x = samples
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.inputs.shape[1:]:
+            x = self.inputs.stack(rows.tolist(), list(samples))  # raises, naming the odd sample
         position = {int(r): k for k, r in enumerate(rows)}
         local = {i: torch.tensor([position[int(r)] for r in plan[i]]) for i in plan}
         x = x.to(self.device, non_blocking=True)
         return self.execute_in_memory(x, self.labels[rows.to(self.labels.device)])(fed, local)
 
 
-def estimated_bytes(source: Any, n: int, sample: torch.Tensor) -> int:
-    """What holding every input as a tensor takes: arrays' own size (as float32 where converted), else one sample's
-    size times the count."""
-    if is_arrays(source) and sample.dtype == torch.float32:
-        return n * sample.numel() * 4
+def estimated_bytes(n: int, sample: torch.Tensor) -> int:
+    """What holding `n` inputs like `sample` (as the model reads them) takes as one tensor."""
     return n * sample.numel() * sample.element_size()
 
 

@@ -31,7 +31,7 @@ def to_dataset(source: Any, name: str, memory_mb: float = math.inf) -> SourceDat
     if not len(y_train) or not len(y_test):
         raise UserError(f"the dataset has {len(y_train)} train and {len(y_test)} test samples; both need some")
     first = as_input(input_of(train, 0))
-    size = estimated_bytes(train, len(y_train), first) + estimated_bytes(test, len(y_test), first)
+    size = estimated_bytes(len(y_train) + len(y_test), first)
     if size > memory_mb * 2**20:
         log.info("data: %s inputs (%.1f MB) exceed data.memory_mb=%g; read per step", name, size / 2**20, memory_mb)
         return streamed(train, test, name, (y_train, y_test), n_classes, tuple(first.shape))

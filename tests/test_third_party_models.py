@@ -10,7 +10,8 @@ from test_your_model import PARALLEL, image_data, text_data, text_model, text_pa
 from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
-from locfedmix import Model, run, validate
+from locfedmix import Model, UserError, run, validate
+from locfedmix.models import split_at
 
 
 def hf_resnet(shape, n_classes):
@@ -77,3 +78,11 @@ def test_the_stacked_engine_gives_the_loops_numbers(name, algorithm):
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert math.isfinite(loop[key])
         np.testing.assert_allclose(stacked[key], loop[key], rtol=1e-5)
+
+
+def test_a_cut_torch_fx_cannot_reach_names_the_line_that_stops_it():
+    vit = ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=32, num_labels=4))
+    with pytest.raises(UserError, match=r"cannot follow the forward of ViTForImageClassification down to it \(.*"
+                                        r"at modeling_vit\.py:\d+ `if pixel_values\.dtype.*explicit list of blocks"):
+        split_at(vit, "vit.layers.0")

@@ -14,7 +14,8 @@ connection) is refused, naming what crosses.
 """
 
 import difflib
-import inspect
+import os
+import traceback
 from collections.abc import Sequence
 
 import torch
@@ -47,20 +48,35 @@ def nearby_cuts(network: nn.Module, cut: str, n: int = 5) -> list[str]:
     return difflib.get_close_matches(cut, names, n=n, cutoff=0.0)
 
 
-def _trace(network: nn.Module, cut: str) -> fx.Graph:
-    """The forward as a graph of one input: every further argument keeps its default (labels=None, ...)."""
-    parameters = list(inspect.signature(network.forward).parameters.values())[1:]
-    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+class _Caller(nn.Module):
+    """Calls the network with its input alone, so that every other argument of its forward keeps its default
+    (labels=None, return_dict=None, ...) as in ordinary use; the network is its submodule `net`."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.net = network
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x)
+
+
+def _where(err: Exception) -> str:
+    """The line of the model's own code (outside torch) where tracing stopped."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename]
+    return f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
+
+
+def _trace(caller: _Caller, cut: str) -> fx.Graph:
     try:
-        return _PathTracer(cut).trace(network, concrete_args=defaults)
+        return _PathTracer(f"net.{cut}").trace(caller)
     except Exception as err:  # fx raises TraceError, TypeError, AttributeError... from inside the user's forward
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"cut={cut!r}: torch.fx cannot follow the forward of {type(network).__name__} down to it "
-                        f"({reason}); pass the network as an explicit list of blocks instead") from None
+        raise UserError(f"cut={cut!r}: torch.fx cannot follow the forward of {type(caller.net).__name__} down to it "
+                        f"({reason}{_where(err)}); pass the network as an explicit list of blocks instead") from None
 
 
 def _cut_node(graph: fx.Graph, network: nn.Module, cut: str) -> fx.Node:
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == cut]
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == f"net.{cut}"]
     if len(calls) != 1:
         how = "is never called" if not calls else f"is called {len(calls)} times"
         raise UserError(f"cut={cut!r} {how} in the forward of {type(network).__name__}; cut at a submodule that "
@@ -77,7 +93,9 @@ def _crossing(nodes: list[fx.Node], position: int) -> list[fx.Node]:
 def _describe(node: fx.Node) -> str:
     if node.op == "placeholder":
         return f"the input {node.target!r}"
-    return f"the output of {node.target!r}" if node.op == "call_module" else f"the value {node.name!r}"
+    if node.op == "call_module":
+        return f"the output of {node.target.removeprefix('net.')!r}"
+    return f"the value {node.name!r}"
 
 
 def _logits(value):
@@ -94,7 +112,8 @@ def split_at(network: nn.Module, cut: str) -> tuple[nn.Module, nn.Module]:
     if not cut or cut not in dict(network.named_modules()):
         raise UserError(f"cut={cut!r} is not a submodule of {type(network).__name__}; nearby: "
                         f"{', '.join(nearby_cuts(network, cut))}")
-    graph = _trace(network, cut)
+    caller = _Caller(network)
+    graph = _trace(caller, cut)
     nodes = list(graph.nodes)
     node = _cut_node(graph, network, cut)
     position = nodes.index(node)
@@ -120,6 +139,10 @@ def split_at(network: nn.Module, cut: str) -> tuple[nn.Module, nn.Module]:
             upper.output(fx.map_arg(_logits(n.args[0]), upper_arg))
         else:
             above[n] = upper.node_copy(n, upper_arg)
+    for part in (lower, upper):  # the network's own names again (layer1.0.conv, not net.layer1.0.conv)
+        for n in part.nodes:
+            if n.op in ("call_module", "get_attr"):
+                n.target = n.target.removeprefix("net.")
     parts = fx.GraphModule(network, lower, "Lower"), fx.GraphModule(network, upper, "Upper")
     for part in parts:  # drops what the other segment computes (and the default-argument checks fx adds)
         part.graph.eliminate_dead_code()

@@ -203,3 +203,17 @@ def test_streamed_inputs_of_different_sizes_are_refused_in_one_line():
     with pytest.raises(UserError, match=r"inputs of different sizes: sample 0 is 1x4x4, sample 2 is 1x5x5") as err:
         run(config, progress=False, dataset=data)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["pil", "hwc", "chw"])
+def test_images_are_read_as_channels_first_floats_whatever_their_layout(layout):
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 8, 6, 3), dtype=np.uint8)
+    if layout == "pil":
+        features = hf.Features({"img": hf.Image(), "label": hf.ClassLabel(names=["a", "b"])})
+        split = hf.Dataset.from_dict({"img": [Image.fromarray(p) for p in pixels], "label": [0, 1, 0, 1, 0]},
+                                     features=features)
+    else:
+        split = (pixels if layout == "hwc" else pixels.transpose(0, 3, 1, 2), np.array([0, 1, 0, 1, 0]))
+    ds = to_dataset({"train": split, "test": split}, layout)
+    expected = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(ds.x_train, expected, rtol=0, atol=0)

@@ -103,13 +103,14 @@ def _is_integer(value: Any) -> bool:
 
 
 def as_input(value: Any) -> torch.Tensor:
-    """One sample as the model reads it: images (PIL, H×W or H×W×C uint8) as C×H×W floats in [0, 1]; float arrays as
-    they are; integer arrays (token ids) as int64."""
+    """One sample as the model reads it: images (PIL, uint8 H×W, H×W×C or C×H×W) as C×H×W floats in [0, 1]; float
+    arrays as they are; integer arrays (token ids) as int64."""
     if hasattr(value, "getbands"):  # a PIL image
         value = np.asarray(value)
     array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     if array.dtype == np.uint8:
-        image = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        channels_last = array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3, 4)
+        image = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0) if channels_last else array
         return torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32).div_(255.0)
     if np.issubdtype(array.dtype, np.integer):
         return torch.from_numpy(array.astype(np.int64))

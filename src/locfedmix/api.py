@@ -4,6 +4,8 @@ import math
 import resource
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from locfedmix import registry
 from locfedmix.config import Config
-from locfedmix.data.datasets import Dataset, load_dataset
+from locfedmix.data.datasets import Dataset
+from locfedmix.data.streaming import StreamingSteps
+from locfedmix.data.user import data_path, load_named, to_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
@@ -23,6 +28,7 @@ from locfedmix.engines.federation import Federation, build_federation, data_step
 from locfedmix.engines.host_memory import keep_freed_host_memory
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
+from locfedmix.models import Model
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
 from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
@@ -41,9 +47,14 @@ class FederatedData:
         return label_histograms(labels, self.client_indices, self.dataset.n_classes)
 
 
-def federate(config: Config) -> FederatedData:
-    """Load the dataset, hold out the validation split, and partition the rest among the clients."""
-    dataset = load_dataset(config.dataset, config.data.dir, config.seed)
+def federate(config: Config, source: Any = None) -> FederatedData:
+    """Load the dataset (`source`, the user's own data, in place of config.dataset when given), hold out the
+    validation split, and partition the rest among the clients."""
+    budget = config.data.memory_mb
+    dataset = (load_named(config.dataset, config.data.dir, config.seed, budget) if source is None
+               else to_dataset(source, "user", budget))
+    if config.leakage.enabled and data_path(dataset) == "streaming":
+        raise UserError(f"[leakage] needs the data in memory; raise data.memory_mb above {budget:g}")
     labels = dataset.y_train.numpy()
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
     parts = partition(
@@ -154,13 +165,17 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
     ds = data.dataset
     probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
              if config.leakage.enabled else None)
-    execute = data_step(ds.x_train, ds.y_train)
+    streaming = data_path(ds) == "streaming"
+    execute = (StreamingSteps(ds.x_train, ds.y_train, config.data.workers, fed.server.device, data_step) if streaming
+               else data_step(ds.x_train, ds.y_train))
     per_round = steps_per_round(fed, data.client_indices, config.batch_size)
     with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
               disable=None if progress else True, leave=False, unit="step") as bar:
         bar.set_postfix_str(f"round {state['round'] + 1}/{config.rounds}", refresh=False)
         for r in range(state["round"] + 1, config.rounds + 1):
             tick = time.perf_counter()
+            if streaming:
+                execute.begin_round(fed, data.client_indices, config.batch_size, r)
             train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
             bar.update(r * per_round - bar.n)  # sampled or dropped clients can make a round shorter
             state["train_seconds"] += time.perf_counter() - tick
@@ -180,21 +195,24 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
 
 
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
-        label: str | None = None, resume: bool = False) -> dict[str, Any]:
+        label: str | None = None, resume: bool = False, model: Model | None = None, dataset: Any = None,
+        ) -> dict[str, Any]:
     """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
     events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
-    run. With leakage on, the smashed data are probed after the last round (or every round)."""
+    run. With leakage on, the smashed data are probed after the last round (or every round). `model` (a
+    locfedmix.Model) and `dataset` (data/sources.py) replace config.model and config.dataset with the caller's own."""
     if config.log.tensorboard and out is None:
         raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
     if config.engine.keep_host_memory:
         keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
-    data = federate(config)
+    data = federate(config, dataset)
     data.dataset = ds = data.dataset.to(device)
-    fed = build_federation(config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
-                           [len(i) for i in data.client_indices], device, shard)
+    with given_model(config, model) as model_config:
+        fed = build_federation(model_config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
+                               [len(i) for i in data.client_indices], device, shard)
     run_dir = _open_run(out, config, overwrite, resume)
     state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0}
     writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
@@ -209,6 +227,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
             train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= privacy_summary(fed, config, state["leakage"]) | nothing_trained(state)
+        summary["data"] = data_path(ds)
         if writer:
             writer.finish(summary)
     except NumericalError as err:
@@ -218,6 +237,19 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         if run_dir:
             run_dir.close()
     return summary
+
+
+@contextmanager
+def given_model(config: Config, model: Model | None) -> Iterator[Config]:
+    """The config the federation is built from: `model`, when given, registered for the build under a name no
+    config can hold, in place of config.model."""
+    if model is None:
+        yield config
+        return
+    if not isinstance(model, Model):
+        raise UserError(f"model= takes a locfedmix.Model (network and cut), not a {type(model).__name__}")
+    with registry.given(registry.MODELS, "<python>", model) as name:
+        yield config.model_copy(update={"model": name, "cut": 0})
 
 
 def _open_run(out: str | Path | None, config: Config, overwrite: bool, resume: bool) -> RunDirectory | None:

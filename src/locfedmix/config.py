@@ -43,6 +43,8 @@ class DataConfig(_Section):
         "balanced", description="pathological: how each client's classes are picked (data/partition.py)")
     num_shards_per_partition: int = Field(2, ge=1, description="shards: shards dealt to each client")
     shard_size: int = Field(0, ge=0, description="shards: samples per shard; 0 = all data in equal shards")
+    memory_mb: float = Field(4096, gt=0, description="a user's data whose inputs exceed this are read per step")
+    workers: int = Field(2, ge=0, description="processes reading ahead when data are read per step (0 = none)")
 
 
 # Keys renamed to Flower Datasets' names; a config that still uses one is told the new name instead of "unknown key".
@@ -199,13 +201,13 @@ class LeakageConfig(_Section):
 
 def _registries() -> dict[str, tuple[str, list[str]]]:
     """Config field → (what it names, the registered names); imported late so that loading a config stays cheap."""
-    from locfedmix.data.datasets import DATASETS
     from locfedmix.data.partition import PARTITIONERS
+    from locfedmix.data.user import dataset_names
     from locfedmix.models import model_names
 
     return {
         "algorithm": ("algorithm", list(ALGORITHMS)),
-        "dataset": ("dataset", sorted(DATASETS)),
+        "dataset": ("dataset", dataset_names()),
         "partition": ("partitioner", sorted(PARTITIONERS)),
         "model": ("model", model_names()),
     }

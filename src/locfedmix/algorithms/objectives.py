@@ -26,14 +26,16 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def build_head(
-    objective: ClientObjective, cut_shape: tuple[int, ...], input_shape: tuple[int, int, int], n_classes: int
+    objective: ClientObjective, cut_shape: tuple[int, ...], input_shape: tuple[int, ...], n_classes: int,
+    head: nn.Module | None = None, decoder: nn.Module | None = None,
 ) -> nn.Module | None:
-    """The client's auxiliary module: a classifier head (LocSplitFed), a decoder (LocFedMix-SL) or none."""
+    """The client's auxiliary module: a classifier head (LocSplitFed), a decoder (LocFedMix-SL) or none; the user's
+    own `head` / `decoder` where given, else one built from the shapes."""
     match objective:
         case LocalClassifier():
-            return build_aux_classifier(cut_shape, n_classes)
+            return head if head is not None else build_aux_classifier(cut_shape, n_classes)
         case Reconstruction():
-            return build_decoder(cut_shape, input_shape)
+            return decoder if decoder is not None else build_decoder(cut_shape, input_shape)
     return None
 
 

@@ -54,4 +54,4 @@ def build_server(algo: Algorithm, model: SplitModel, n_clients: int, optimizer: 
 
 
 def build_client_head(algo: Algorithm, model: SplitModel, input_shape: tuple[int, int, int], n_classes: int):
-    return build_head(algo.objective, model.cut_shape, input_shape, n_classes)
+    return build_head(algo.objective, model.cut_shape, input_shape, n_classes, model.head, model.decoder)

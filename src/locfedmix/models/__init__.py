@@ -1,6 +1,8 @@
 """Split models (client lower / server upper) and the client-side auxiliary modules at the cut."""
 
 from locfedmix.models.auxiliary import build_aux_classifier, build_decoder
+from locfedmix.models.custom import Model
+from locfedmix.models.cutting import split_at, split_blocks
 from locfedmix.models.split import (
     MODELS,
     ModelSpec,
@@ -13,6 +15,7 @@ from locfedmix.models.split import (
 
 __all__ = [
     "MODELS",
+    "Model",
     "ModelSpec",
     "SplitModel",
     "build_aux_classifier",
@@ -21,4 +24,6 @@ __all__ = [
     "default_cut",
     "model_names",
     "n_blocks",
+    "split_at",
+    "split_blocks",
 ]

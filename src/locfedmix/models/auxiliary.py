@@ -11,16 +11,17 @@ from torch import nn
 from locfedmix.errors import UserError
 
 
-def _check_cut_shape(cut_shape: tuple[int, ...]) -> None:
+def _check_cut_shape(cut_shape: tuple[int, ...], needed: str) -> None:
     if len(cut_shape) not in (1, 3) or any(int(d) < 1 for d in cut_shape):
         raise UserError(
-            f"cut_shape={tuple(cut_shape)} is not supported; use (C, H, W) or (D,), sizes >= 1"
+            f"cut_shape={tuple(cut_shape)} is not supported; use (C, H, W) or (D,), sizes >= 1, or pass your own "
+            f"{needed} for smashed data of this shape"
         )
 
 
 def build_aux_classifier(cut_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Tiny head on the smashed data: global-average-pool + linear for maps, linear for vectors."""
-    _check_cut_shape(cut_shape)
+    _check_cut_shape(cut_shape, "head (Model(..., head=...): the auxiliary classifier LocSplitFed trains)")
     if len(cut_shape) == 1:
         return nn.Linear(cut_shape[0], n_classes)
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cut_shape[0], n_classes))
@@ -75,10 +76,13 @@ class UpsampledConv(nn.Module):
 
 
 def build_decoder(
-    cut_shape: tuple[int, ...], input_shape: tuple[int, int, int], hidden: int = 16
+    cut_shape: tuple[int, ...], input_shape: tuple[int, ...], hidden: int = 16
 ) -> nn.Module:
     """Decoder from smashed data back to the input shape; outputs are unbounded (logit-like)."""
-    _check_cut_shape(cut_shape)
+    needed = "decoder (Model(..., decoder=...): LocFedMix-SL's map from the smashed data back to the input)"
+    if len(input_shape) != 3:
+        raise UserError(f"inputs of shape {tuple(input_shape)} are not images; pass your own {needed}")
+    _check_cut_shape(cut_shape, needed)
     c_in, h, w = input_shape
     if len(cut_shape) == 1:
         return nn.Sequential(nn.Linear(cut_shape[0], c_in * h * w), nn.Unflatten(1, (c_in, h, w)))

@@ -1,14 +1,19 @@
-"""Model registry and the lower/upper split at a configurable cut (parallel split learning)."""
+"""Model registry and the lower/upper split at a configurable cut (parallel split learning): the built-in models as
+lists of blocks, and any name a package registers (entry-point group locfedmix.models) or a run is handed."""
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from locfedmix import registry
 from locfedmix.errors import UserError
 from locfedmix.models.alexnet import ALEXNET_MIN_SIDE, build_alexnet_blocks
 from locfedmix.models.cnn import CNN_MIN_SIDE, build_cnn_blocks
+from locfedmix.models.custom import Model
+from locfedmix.models.cutting import split_blocks
 from locfedmix.models.resnet import RESNET_MIN_SIDE, build_resnet_blocks
 
 
@@ -29,6 +34,8 @@ class SplitModel:
     lower: nn.Sequential  # blocks[:cut], runs on the client
     upper: nn.Sequential  # blocks[cut:], runs on the server, ends with logits
     cut_shape: tuple[int, ...]  # per-sample shape of the smashed data
+    head: nn.Module | None = None  # the user's auxiliary classifier (None: built from the shapes)
+    decoder: nn.Module | None = None  # the user's decoder (None: built from the shapes)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -39,14 +46,24 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def model_names() -> list[str]:
-    """Names accepted by `build_split_model`, sorted."""
-    return sorted(MODELS)
+    """Names accepted by `build_split_model`, sorted: built in, then registered."""
+    return sorted(MODELS) + [n for n in registry.registered_names(registry.MODELS) if n not in MODELS]
 
 
 def _spec(name: str) -> ModelSpec:
     if name not in MODELS:
+        if name in model_names():
+            raise UserError(f"model {name!r} brings its own cut; leave cut = 0")
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
     return MODELS[name]
+
+
+def registered_model(name: str) -> Model:
+    """The Model a package registered (or a run was handed) under `name`."""
+    found = registry.load(registry.MODELS, name)
+    if not isinstance(found, Model):
+        raise UserError(f"model {name!r} is registered as a {type(found).__name__}, not a locfedmix.Model")
+    return found
 
 
 def default_cut(name: str) -> int:
@@ -74,21 +91,47 @@ def _checked_input_shape(
     return c, h, w
 
 
-def _smashed_shape(lower: nn.Sequential, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
-    """Per-sample output shape of `lower`, found by a dry forward of one zero sample."""
+def _smashed_shape(lower: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """Per-sample output shape of `lower`, found by a dry forward of one example (a zero sample)."""
     # Eval mode so the dry run neither updates BN running stats nor needs >1 value per channel.
     was_training = lower.training
     lower.eval()
-    with torch.no_grad():
-        out = lower(torch.zeros(1, *input_shape))
-    lower.train(was_training)
+    try:
+        with torch.no_grad():
+            out = lower(example)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        shape = tuple(example.shape[1:])
+        raise UserError(f"the client's segment fails on an input of shape {shape}: {reason}") from None
+    finally:
+        lower.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"the client's segment returns a {type(out).__name__}; the smashed data must be one tensor")
     return tuple(out.shape[1:])
 
 
+def _build_registered(name: str, input_shape: tuple[int, ...], n_classes: int) -> SplitModel:
+    model = registered_model(name)
+    lower, upper = model.build(input_shape, n_classes)
+    example = model.example(input_shape)
+    shape = _smashed_shape(lower, example)
+    upper.eval()
+    with torch.no_grad():
+        logits = upper(lower.eval()(example))
+    lower.train(), upper.train()
+    if tuple(logits.shape[1:]) != (n_classes,):
+        raise UserError(f"the network gives outputs of shape {tuple(logits.shape[1:])} per sample; the data have "
+                        f"{n_classes} classes, so it must give ({n_classes},)")
+    return SplitModel(lower, upper, shape, copy.deepcopy(model.head), copy.deepcopy(model.decoder))
+
+
 def build_split_model(
-    name: str, input_shape: tuple[int, int, int], n_classes: int, cut: int | None = None
+    name: str, input_shape: tuple[int, ...], n_classes: int, cut: int | None = None
 ) -> SplitModel:
-    """Build model `name` and cut it after `cut` blocks (default: the model's default cut)."""
+    """Build model `name` and cut it after `cut` blocks (default: the model's default cut); a registered model is
+    built and cut as its Model says."""
+    if name not in MODELS and cut is None and name in model_names():
+        return _build_registered(name, input_shape, n_classes)
     spec = _spec(name)
     input_shape = _checked_input_shape(name, spec, input_shape)
     if n_classes < 1:
@@ -99,7 +142,5 @@ def build_split_model(
             f"cut={cut} is outside model {name!r} ({spec.n_blocks} blocks); "
             f"choose a cut in 1..{spec.n_blocks - 1}"
         )
-    blocks = spec.build_blocks(input_shape, n_classes)
-    lower = nn.Sequential(*blocks[:cut])
-    upper = nn.Sequential(*blocks[cut:])
-    return SplitModel(lower=lower, upper=upper, cut_shape=_smashed_shape(lower, input_shape))
+    lower, upper = split_blocks(spec.build_blocks(input_shape, n_classes), cut)
+    return SplitModel(lower=lower, upper=upper, cut_shape=_smashed_shape(lower, torch.zeros(1, *input_shape)))

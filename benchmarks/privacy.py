@@ -30,6 +30,7 @@ from locfedmix.api import run  # noqa: E402
 from locfedmix.config import validate  # noqa: E402
 from locfedmix.privacy.accounting import DELTA, release_epsilon  # noqa: E402
 from locfedmix.privacy.leakage import THREAT_MODEL  # noqa: E402
+from privacy_reading import comparisons, observations, value  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CELLS_DIR = RESULTS / "privacy"
@@ -116,14 +117,6 @@ def guarantee(r: dict[str, Any]) -> str:
     return f"perturbed; ε = {r['epsilon_release']:,.0f} per release, {r['epsilon_run']:,.0f} per run"
 
 
-def value(r: dict[str, Any], metric: str, digits: int) -> str:
-    """mean ± standard deviation over seeds ('–' where not measured)."""
-    if np.isnan(r[metric]):
-        return "–"
-    spread = f" ± {r[metric + '_sd']:.{digits}f}" if r["seeds"] > 1 else ""
-    return f"{r[metric]:.{digits}f}{spread}"
-
-
 def table(records: list[dict[str, Any]]) -> str:
     lines = ["| cell | defence | guarantee (δ = 1e-5) | seeds | test acc | dCor² bias-corrected | attack MSE | "
              "attack SSIM | averaged attack MSE | averaged attack SSIM |", "|---|---|---|---:|" + "---:|" * 6]
@@ -143,79 +136,6 @@ def floors_table(records: list[dict[str, Any]]) -> str:
                       f"| mean auxiliary image | {value(r, 'mean_image_mse', 4)} | {value(r, 'mean_image_ssim', 3)} |",
                       f"| mean auxiliary image of the sample's class (the label) | "
                       f"{value(r, 'class_mean_image_mse', 4)} | {value(r, 'class_mean_image_ssim', 3)} |"])
-
-
-def comparisons(records: list[dict[str, Any]]) -> list[str]:
-    """Each defended cell against the same algorithm undefended, in numbers."""
-    plain = {r["algorithm"]: r for r in records if r["defence"] == "none"}
-    lines = []
-    for r in records:
-        base = plain.get(r["algorithm"])
-        if r["defence"] == "none" or base is None:
-            continue
-        change = 100 * (r["test_accuracy"] - base["test_accuracy"])
-        lines.append(f"- `{r['cell']}` against `{r['algorithm']}`: accuracy {change:+.1f} points, attack SSIM "
-                     f"{base['attack_ssim']:.3f} → {r['attack_ssim']:.3f}, attack MSE {base['attack_mse']:.4f} → "
-                     f"{r['attack_mse']:.4f}, bias-corrected dCor² "
-                     f"{base['dcor_sqr_bias_corrected']:.3f} → {r['dcor_sqr_bias_corrected']:.3f}.")
-    return lines
-
-
-def observations(records: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences read off the cells: the attack against both floors, where it failed, and locfedmix vs psl."""
-    plain = [r for r in records if r["defence"] == "none"]
-    if not plain:
-        return []
-    low, high = min(plain, key=lambda r: r["attack_ssim"]), max(plain, key=lambda r: r["attack_ssim"])
-    beaten = sum(r["attack_mse"] < r["mean_image_mse"] for r in plain)
-    labelled = sum(r["attack_mse"] < r["class_mean_image_mse"] for r in plain)
-    lines = [f"- Undefended, the attack's SSIM runs from {low['attack_ssim']:.3f} (`{low['cell']}`) to "
-             f"{high['attack_ssim']:.3f} (`{high['cell']}`); its MSE beats the mean-image guess in {beaten} and the "
-             f"class-mean guess in {labelled} of {len(plain)} algorithms."]
-    lines += [label_floor_line(r) for r in records if r["attack_ssim"] <= r["class_mean_image_ssim"]
-              and r["attack_mse"] < r["mean_image_mse"]]
-    lines += [failed_attack_line(r) for r in records if r["attack_mse"] >= r["mean_image_mse"]]
-    by_name = {r["algorithm"]: r for r in plain}
-    if {"psl", "locfedmix"} <= set(by_name):
-        lines.append(reconstruction_cost_line(by_name["locfedmix"], by_name["psl"]))
-    return lines
-
-
-def label_floor_line(r: dict[str, Any]) -> str:
-    return (f"- `{r['cell']}`: attack SSIM {r['attack_ssim']:.3f} against the class-mean image's "
-            f"{r['class_mean_image_ssim']:.3f}: to this attacker the uploads reveal no more of the image's structure "
-            f"than the label the server already has (MSE {r['attack_mse']:.4f} against the class mean's "
-            f"{r['class_mean_image_mse']:.4f}).")
-
-
-def failed_attack_line(r: dict[str, Any]) -> str:
-    low, high = r["client_dcor_range"]
-    line = (f"- `{r['cell']}`: the attack does worse than answering the mean image (MSE {r['attack_mse']:.4f} against "
-            f"{r['mean_image_mse']:.4f}). That is a failed attacker, not a private upload: the bias-corrected dCor² "
-            f"per client is still {low:.3f}–{high:.3f}.")
-    if not np.isnan(r["averaged_attack_mse"]):
-        verdict = "beats" if r["averaged_attack_mse"] < r["mean_image_mse"] else "still does not beat"
-        line += (f" The stronger attacker (mean of the {SETTINGS['rounds']} uploads of each sample, "
-                 f"{SETTINGS['leakage']['averaged_attack_epochs']} epochs on fresh noise) scores MSE "
-                 f"{r['averaged_attack_mse']:.4f}, SSIM {r['averaged_attack_ssim']:.3f}: it {verdict} the mean image "
-                 f"(class mean: MSE {r['class_mean_image_mse']:.4f}, SSIM {r['class_mean_image_ssim']:.3f}).")
-    return line
-
-
-def reconstruction_cost_line(ours: dict[str, Any], base: dict[str, Any]) -> str:
-    """locfedmix against psl, seed by seed (the same seed gives both the same data and samples)."""
-    n = min(ours["seeds"], base["seeds"])
-    diffs = np.array(ours["per_seed"]["attack_ssim"][:n]) - np.array(base["per_seed"]["attack_ssim"][:n])
-    per_seed = ", ".join(f"{d:+.3f}" for d in diffs)
-    if n < 2:
-        reading = "one seed cannot tell a difference from seed-to-seed spread"
-    elif (diffs > 0).all() or (diffs < 0).all():
-        reading = f"the same sign on all {n} seeds"
-    else:
-        reading = f"the sign changes between seeds: no cost of the regularizer that {n} seeds can resolve"
-    return (f"- LocFedMix-SL's reconstruction regularizer keeps input information in the smashed data by design. "
-            f"Attack SSIM, `locfedmix` minus `psl`, per seed: {per_seed} ({reading}; means "
-            f"{value(ours, 'attack_ssim', 3)} against {value(base, 'attack_ssim', 3)}).")
 
 
 def reconstruction_grid(records: list[dict[str, Any]], path: Path) -> None:
@@ -287,6 +207,12 @@ def settings_lines() -> list[str]:
     ]
 
 
+def averaged_note() -> str:
+    leak = SETTINGS["leakage"]
+    return (f"mean of the {SETTINGS['rounds']} uploads of each sample, {leak.get('averaged_attack_epochs', 0)} epochs "
+            f"on fresh noise")
+
+
 def write_report(records: list[dict[str, Any]]) -> str:
     """PRIVACY.md, privacy.csv, privacy.json and the two pictures, from the finished cells."""
     text = "\n".join([
@@ -301,7 +227,7 @@ def write_report(records: list[dict[str, Any]]) -> str:
         "stays near 1 even for independent data at these dimensions (docs/privacy.md). A guarantee of ε in the "
         "hundreds bounds nothing in practice: the noise is an empirical defence, and the attack columns are what it "
         "buys against these attackers.", "",
-        "## Reading", "", *observations(records), *comparisons(records), "",
+        "## Reading", "", *observations(records, averaged_note()), *comparisons(records), "",
         "![reconstructions](privacy-reconstructions.png)", "", "![trade-off](privacy-tradeoff.png)", "",
         f"Total wall time of the {sum(r['seeds'] for r in records)} runs: "
         f"{sum(r['wall_seconds'] for r in records) / 60:.1f} minutes (2 CPU cores shared with other work, one torch "

@@ -158,10 +158,13 @@ def reconstruction_grid(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def tradeoff_plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against attack SSIM, one labelled point per cell (crosses: defended; means over seeds), with
-    the SSIM of the class-mean guess, which needs no upload."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    """Test accuracy against attack SSIM, one labelled point per cell (crosses: defended; means over seeds), a grey
+    tick where the averaged attack lands, and the SSIM of the class-mean guess, which needs no upload."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
     for r in records:
+        if not np.isnan(r["averaged_attack_ssim"]):
+            ax.plot([r["attack_ssim"], r["averaged_attack_ssim"]], [r["test_accuracy"]] * 2, color="gray", lw=0.6)
+            ax.scatter(r["averaged_attack_ssim"], r["test_accuracy"], marker="|", color="gray")
         ax.scatter(r["attack_ssim"], r["test_accuracy"], marker="o" if r["defence"] == "none" else "x",
                    color="tab:blue" if r["defence"] == "none" else "tab:red")
         ax.annotate(r["cell"], (r["attack_ssim"], r["test_accuracy"]), fontsize=6, xytext=(3, 3),
@@ -169,7 +172,7 @@ def tradeoff_plot(records: list[dict[str, Any]], path: Path) -> None:
     ax.axvline(records[0]["class_mean_image_ssim"], color="gray", linestyle="--", linewidth=1)
     ax.annotate("class-mean image (labels only)", (records[0]["class_mean_image_ssim"], ax.get_ylim()[0]),
                 fontsize=6, rotation=90, xytext=(-8, 4), textcoords="offset points", color="gray")
-    ax.set_xlabel("attack SSIM on the clients' uploads (lower = less leakage)")
+    ax.set_xlabel("attack SSIM on the clients' uploads (lower = less leakage; grey: averaged attack)")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy against leakage (Fashion-MNIST, 5 clients, 3 rounds)")
     ax.grid(alpha=0.3)

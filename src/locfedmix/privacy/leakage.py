@@ -77,7 +77,7 @@ class LeakageProbe:
                  client_indices: list[np.ndarray], aux_indices: np.ndarray, cfg: LeakageConfig):
         self.fed, self.cfg = fed, cfg
         aux = torch.as_tensor(aux_indices, device=x_train.device)
-        self.x_aux, self.y_aux = x_train[aux], y_train[aux.to(y_train.device)]
+        self.x_aux, self.y_aux = x_train[aux], y_train[aux.to(y_train.device)].to(x_train.device)
         self.x_clients, self.y_clients = [], []
         for i, idx in enumerate(client_indices):
             rng = numpy_generator(fed.seed, "leakage-samples", i)
@@ -88,7 +88,7 @@ class LeakageProbe:
 
     def uploads(self, lower: nn.Module, x: torch.Tensor, purpose: str, round_index: int, client: int,
                 draws: int = 1) -> torch.Tensor:
-        """What client sends for x; with `draws` > 1 the mean of that many uploads, each with fresh noise."""
+        """What `client` sends for x; with `draws` > 1 the mean of that many uploads, each with fresh noise."""
         generator = torch_generator(self.fed.seed, purpose, round_index, client)
         smashed = lower_outputs(lower, x)
         if draws == 1 or not self.fed.defence.noise_std:

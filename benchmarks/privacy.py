@@ -231,6 +231,7 @@ def write_report(records: list[dict[str, Any]]) -> str:
         "hundreds bounds nothing in practice: the noise is an empirical defence, and the attack columns are what it "
         "buys against these attackers.", "",
         "## Reading", "", *observations(records, averaged_note()), *comparisons(records), "",
+        f"Reconstructions of seed {SETTINGS['seed']}'s client samples by the single-upload attack:", "",
         "![reconstructions](privacy-reconstructions.png)", "", "![trade-off](privacy-tradeoff.png)", "",
         f"Total wall time of the {sum(r['seeds'] for r in records)} runs: "
         f"{sum(r['wall_seconds'] for r in records) / 60:.1f} minutes (2 CPU cores shared with other work, one torch "

@@ -163,7 +163,7 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
     updated in place and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
     checkpoint; only rank 0 has `run_dir` and writes."""
     ds = data.dataset
-    probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
+    probe = (LeakageProbe(fed, ds.x_train, ds.y_train, data.client_indices, data.aux_indices, config.leakage)
              if config.leakage.enabled else None)
     streaming = data_path(ds) == "streaming"
     execute = (StreamingSteps(ds.x_train, ds.y_train, config.data.workers, fed.server.device, data_step) if streaming

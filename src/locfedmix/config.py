@@ -190,6 +190,8 @@ class LeakageConfig(_Section):
     attack_epochs: int = Field(10, ge=1)
     attack_batch_size: int = Field(64, ge=1)
     attack_lr: float = Field(1e-3, gt=0)
+    averaged_attack_epochs: int = Field(0, ge=0, description="a second attack, trained this long on the mean of the "
+                                        "uploads the server holds of each sample (one per round); 0 = off")
     examples: int = Field(8, ge=0, description="reconstructions kept for pictures (reconstructions.npz)")
 
     @model_validator(mode="after")

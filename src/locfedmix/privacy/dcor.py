@@ -4,11 +4,13 @@ minimises (Vepakomma et al. 2020) and our leakage diagnostic reports.
 Two estimators, both over flattened samples (rows):
 * `distance_correlation`: the V-statistic dCor_n of Székely et al. (2007), the one NoPeek trains against. Plain tensor
   ops, differentiable and safe under torch.func.vmap. In high dimension it is biased towards 1 even for independent
-  data (Székely & Rizzo 2013: about 0.98 for 200 independent samples of 784 vs 3136 dimensions), so on its own it
-  cannot say whether smashed data leak.
+  data (Székely & Rizzo 2013 show the bias; our own measurement: dCor_n = 0.98 for 200 independent
+  uniform samples of 784 vs 3136 dimensions), so on its own it cannot say whether smashed data leak.
 * `bias_corrected_distance_correlation_sqr`: R*_n², built from U-centred distance matrices (Székely & Rizzo 2014,
   "Partial distance correlation with methods for dissimilarities", Ann. Statist. 42(6)); it is near 0 for independent
-  data at any dimension (it can dip below 0) and 1 for identical data. This is the leakage number to compare.
+  data at any dimension (it can dip below 0) and 1 for identical data or data related by a similarity transform (a
+  rotation, a uniform scale, a shift); a general invertible linear map gives less than 1. This is the leakage number
+  to compare.
 """
 
 import torch

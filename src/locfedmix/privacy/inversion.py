@@ -16,16 +16,23 @@ SSIM_WINDOW = 11  # the Gaussian window of Wang et al. (2004); smaller images us
 
 
 def train_inversion(decoder: nn.Module, smashed: torch.Tensor, x: torch.Tensor, epochs: int, batch_size: int,
-                    lr: float, generator: torch.Generator) -> nn.Module:
-    """Fit decoder(smashed) ≈ x by Adam on the MSE, mini-batches shuffled by `generator`; returns it in eval mode."""
+                    lr: float, generator: torch.Generator, noise_std: torch.Tensor | None = None) -> nn.Module:
+    """Fit decoder(smashed) ≈ x by Adam on the MSE, mini-batches shuffled by `generator`; returns it in eval mode.
+    With `noise_std` (one per sample), every batch gets fresh N(0, std²) noise from `generator`: an attacker that
+    knows the defence simulates it anew each epoch, so the decoder learns to see through the noise rather than
+    memorising one draw of it."""
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     decoder.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
+            inputs = smashed[idx]
+            if noise_std is not None:
+                scale = noise_std[idx].view(-1, *[1] * (inputs.dim() - 1))
+                inputs = inputs + scale * torch.randn(inputs.shape, generator=generator).to(inputs)
             optimizer.zero_grad(set_to_none=True)
-            F.mse_loss(decoder(smashed[idx]), x[idx]).backward()
+            F.mse_loss(decoder(inputs), x[idx]).backward()
             optimizer.step()
     return decoder.eval()
 

@@ -156,18 +156,21 @@ def partition_tests() -> dict[str, Any] | None:
     """Class 9's test file run as it stands (None while it does not exist)."""
     if not PARTITION_TESTS.exists():
         return None
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PARTITION_TESTS)],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+                           str(PARTITION_TESTS)],
                           capture_output=True, text=True, cwd=HERE.parent)
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|error)", done.stdout)}
     return {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)}
 
 
 def _ends_in(rows: list[dict[str, Any]]) -> str:
-    codes = sorted({str(r["code"]) for r in rows})
-    lines = "one line on stderr" if all(r["stderr_lines"] == 1 for r in rows) else "stderr: " + "/".join(
-        sorted({str(r["stderr_lines"]) for r in rows})) + " lines"
+    """The outcomes of a class's scenarios, grouped: exit code and lines on stderr, then what changed outside."""
+    groups: dict[str, int] = {}
+    for r in rows:
+        said = {0: "nothing on stderr", 1: "one line on stderr"}.get(r["stderr_lines"], f"{r['stderr_lines']} lines")
+        groups[f"exit {r['code']}, {said}"] = groups.get(f"exit {r['code']}, {said}", 0) + 1
     outside = "nothing outside changed" if not any(r["outside_changed"] for r in rows) else "**files outside changed**"
-    return f"exit {'/'.join(codes)}, {lines}, {outside}"
+    return "; ".join(f"{text} ({n})" for text, n in groups.items()) + f"; {outside}"
 
 
 def hostile_section(hostile: dict[str, Any]) -> list[str]:

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted for sections, e.g. algo.mix=false); repeatable")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
-    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    run.add_argument("--overwrite", action="store_true", help="replace a run in --out (only the files locfedmix writes there)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     latency = commands.add_parser("latency", help="per-step and per-round latency of every algorithm, no training")
     latency.add_argument("--config", required=True, help="TOML experiment file")

@@ -5,6 +5,7 @@
     python benchmarks/reproduce.py --only convergence ablations --seeds 3
     python benchmarks/reproduce.py --only scalability --cells '*-n1' '*-n2'   # a subset of the cells
     python benchmarks/reproduce.py --workers 12 --set engine.device=cuda --set eval.batch_size=1000   # on a GPU
+    python benchmarks/reproduce.py --set data.normalize=false --report-only   # the unstandardized grid's report
 
 Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
 whose summary.json exists is skipped and a run cut short continues from its last checkpoint, so an interrupted grid
@@ -12,6 +13,9 @@ resumes where it stopped; a cell whose config equals
 another's up to placement (device, engine, evaluation batch) is that run, copied (its summary.json says
 `copied_from`). The report
 (benchmarks/results/REPRODUCTION.md, CSVs and PNG plots beside it) is rebuilt from whatever cells have finished.
+A grid run with `--set data.normalize=false` (pixels in [0, 1], as every run before input standardization) is kept
+apart, in `<grid>-unstandardized/` with its report REPRODUCTION[-quick]-unstandardized.md, so that both stand side
+by side.
 """
 
 import argparse
@@ -38,6 +42,7 @@ HERE = Path(__file__).parent
 BASE = HERE.parent / "configs" / "paper" / "fmnist.toml"
 RESULTS = HERE / "results"
 ALL = list(ALGORITHMS)
+UNSTANDARDIZED = "-unstandardized"  # the grid's suffix when its inputs are pixels in [0, 1] (data.normalize=false)
 
 
 def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -208,7 +213,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="grid and report here instead of benchmarks/results (trials)")
     parser.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
     args = parser.parse_args()
-    grid_name = "quick" if args.quick else "full"
+    standardized = cell_config({}, 0, 1, args.settings).data.normalize
+    suffix = "" if standardized else UNSTANDARDIZED
+    grid_name = ("quick" if args.quick else "full") + suffix
     grid_dir = args.out / grid_name if args.out else RESULTS / "reproduction" / grid_name
     grid = experiments(args.quick)
     unknown = set(args.only or []) - set(grid)
@@ -223,7 +230,7 @@ def main() -> None:
     from reproduction_findings import findings
     from reproduction_report import load_cells, write_report
 
-    report = (args.out or RESULTS) / ("REPRODUCTION.md" if not args.quick else "REPRODUCTION-quick.md")
+    report = (args.out or RESULTS) / f"REPRODUCTION{'-quick' if args.quick else ''}{suffix}.md"
     print(write_report(grid_dir, grid, report, findings(lambda experiment: load_cells(grid_dir, experiment))))
 
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from locfedmix.config import Config
 from locfedmix.data.datasets import Dataset, load_dataset
+from locfedmix.data.normalize import Standardization, standardize
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.denormals import denormals_flushed
 from locfedmix.engines.device import resolve_device
@@ -33,6 +34,7 @@ class FederatedData:
     val_indices: np.ndarray  # into dataset.x_train, shuffled (evaluation shards must be random)
     test_order: np.ndarray  # a shuffled order of the test set
     aux_indices: np.ndarray  # into dataset.x_train: the leakage attacker's own data (empty unless leakage is on)
+    standardization: Standardization | None = None  # what dataset's images were standardized with (data.normalize)
 
     def histograms(self) -> list[list[int]]:
         labels = self.dataset.y_train.cpu().numpy()
@@ -40,10 +42,14 @@ class FederatedData:
 
 
 def federate(config: Config) -> FederatedData:
-    """Load the dataset, hold out the validation split, and partition the rest among the clients."""
+    """Load the dataset, hold out the validation split, standardize the images by the rest (data.normalize), and
+    partition the rest among the clients."""
     dataset = load_dataset(config.dataset, config.data.dir, config.seed)
     labels = dataset.y_train.numpy()
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
+    stats = None
+    if config.data.normalize:
+        dataset, stats = standardize(dataset, train)
     parts = partition(
         config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
         samples_per_client=config.samples_per_client or None,
@@ -54,7 +60,8 @@ def federate(config: Config) -> FederatedData:
     clients = [train[p] for p in parts]
     aux = (auxiliary_split(len(labels), clients, config.leakage.aux_samples, numpy_generator(config.seed, "auxiliary"))
            if config.leakage.enabled else np.empty(0, np.int64))
-    return FederatedData(dataset, clients, shuffle.permutation(val), shuffle.permutation(len(dataset.y_test)), aux)
+    return FederatedData(dataset, clients, shuffle.permutation(val), shuffle.permutation(len(dataset.y_test)), aux,
+                         stats)
 
 
 def peak_memory_mb() -> float:
@@ -94,6 +101,7 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
     return {
         "algorithm": config.algorithm, "parts": repr(fed.algo), "final": rows[-1], "steps": fed.step,
         "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+        "normalization": data.standardization.summary() if data.standardization else None,
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
@@ -132,7 +140,8 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
     and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
     checkpoint; only rank 0 has `run_dir` and writes."""
     ds = data.dataset
-    probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage)
+    probe = (LeakageProbe(fed, ds.x_train, data.client_indices, data.aux_indices, config.leakage,
+                          data.standardization)
              if config.leakage.enabled else None)
     execute = data_step(ds.x_train, ds.y_train)
     per_round = steps_per_round(fed, data.client_indices, config.batch_size)

@@ -33,6 +33,8 @@ class DataConfig(_Section):
 
     dir: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    normalize: bool = Field(True, description="standardize each channel by the training split's mean and std "
+                                              "(data/normalize.py); false keeps pixels in [0, 1]")
     partition_by: Literal["label"] = Field("label", description="our datasets have one target column, 'label'")
     alpha: float = Field(0.5, gt=0, description="dirichlet: the concentration (smaller = more skewed)")
     min_partition_size: int = Field(1, ge=1, description="dirichlet: redraw until every client has this many")

@@ -18,6 +18,7 @@ from torch import nn
 
 from locfedmix.algorithms.parts import Relay
 from locfedmix.config import LeakageConfig
+from locfedmix.data.normalize import Standardization
 from locfedmix.engines.federation import Federation
 from locfedmix.errors import UserError
 from locfedmix.models import build_decoder
@@ -64,21 +65,25 @@ class Measurement:
 
 
 class LeakageProbe:
-    """Draws its samples once per run (the same ones every round) and measures the federation when asked."""
+    """Draws its samples once per run (the same ones every round) and measures the federation when asked. With
+    standardized inputs (data.normalize) it holds, reconstructs and scores pixels, and standardizes only what it
+    feeds a lower model."""
 
     def __init__(self, fed: Federation, x_train: torch.Tensor, client_indices: list[np.ndarray],
-                 aux_indices: np.ndarray, cfg: LeakageConfig):
-        self.fed, self.cfg = fed, cfg
-        self.x_aux = x_train[torch.as_tensor(aux_indices, device=x_train.device)]
+                 aux_indices: np.ndarray, cfg: LeakageConfig, standardization: Standardization | None = None):
+        self.fed, self.cfg, self.standardization = fed, cfg, standardization
+        pixels = standardization.invert if standardization else lambda x: x
+        self.x_aux = pixels(x_train[torch.as_tensor(aux_indices, device=x_train.device)])
         self.x_clients = []
         for i, idx in enumerate(client_indices):
             rng = numpy_generator(fed.seed, "leakage-samples", i)
             chosen = np.sort(rng.choice(idx, size=min(cfg.samples_per_client, len(idx)), replace=False))
-            self.x_clients.append(x_train[torch.as_tensor(chosen, device=x_train.device)])
+            self.x_clients.append(pixels(x_train[torch.as_tensor(chosen, device=x_train.device)]))
 
     def uploads(self, lower: nn.Module, x: torch.Tensor, purpose: str, round_index: int, client: int) -> torch.Tensor:
         generator = torch_generator(self.fed.seed, purpose, round_index, client)
-        return self.fed.defence.upload(lower_outputs(lower, x), generator)
+        inputs = self.standardization.apply(x) if self.standardization else x
+        return self.fed.defence.upload(lower_outputs(lower, inputs), generator)
 
     def attack(self, lowers: list[nn.Module], round_index: int) -> nn.Module:
         """Train the server's decoder on its auxiliary data, sample k queried through client (k mod N)."""

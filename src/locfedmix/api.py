@@ -25,6 +25,7 @@ from locfedmix.latency.ledger import Direction
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
 from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
+from locfedmix.selection import validation_selected
 
 
 @dataclass
@@ -100,7 +101,8 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
               wall_seconds: float, train_seconds: float) -> dict[str, Any]:
     return {
         "algorithm": config.algorithm, "parts": repr(fed.algo), "final": rows[-1], "steps": fed.step,
-        "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+        "best_test_accuracy": max(r["test_accuracy"] for r in rows),  # picked on the test set: optimistic
+        "validation_selected": validation_selected(rows),  # the round picked on validation, and its test accuracy
         "normalization": data.standardization.summary() if data.standardization else None,
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),

@@ -106,6 +106,12 @@ def cell_config(overrides: dict[str, Any], seed: int, rounds: int, settings: lis
     return validate(tree)
 
 
+def grid_suffix(settings: list[str]) -> str:
+    """'' for a grid of standardized inputs (the default), UNSTANDARDIZED where `settings` turn data.normalize off:
+    the two never share a folder or a report, so the runs from before standardization keep theirs."""
+    return "" if cell_config({}, 0, 1, settings).data.normalize else UNSTANDARDIZED
+
+
 def cell_cost(config) -> float:
     """Relative cost of a cell: samples per round, doubled for LocFedMix-SL's decoders."""
     return config.n_clients * (config.samples_per_client or 6000) * (2 if config.algorithm == "locfedmix" else 1)
@@ -213,8 +219,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="grid and report here instead of benchmarks/results (trials)")
     parser.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
     args = parser.parse_args()
-    standardized = cell_config({}, 0, 1, args.settings).data.normalize
-    suffix = "" if standardized else UNSTANDARDIZED
+    suffix = grid_suffix(args.settings)
     grid_name = ("quick" if args.quick else "full") + suffix
     grid_dir = args.out / grid_name if args.out else RESULTS / "reproduction" / grid_name
     grid = experiments(args.quick)

@@ -191,6 +191,16 @@ def inputs_note(grid_dir: Path) -> str:
     return " Inputs: " + " in some runs, ".join(INPUT_NOTES[k] for k in kinds) + "." if kinds else ""
 
 
+def replay_note(grid_dir: Path, path: Path) -> str:
+    """A pointer to the grid's latency findings under the specification's charges (benchmarks/latency_replay.py),
+    where they have been replayed."""
+    replayed = path.parent / f"LATENCY-AS-SPECIFIED-{grid_dir.name}.md"
+    if not replayed.exists():
+        return ""
+    return (f" The latency findings under the design specification's per-step charges, replayed from these runs "
+            f"without training: [{replayed.name}]({replayed.name}).")
+
+
 def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> str:
     """The whole report: the header, `preface` (the findings), then one section per experiment."""
     parts = [f"# Reproduction of LocFedMix-SL's claims ({grid_dir.name} grid)", "",
@@ -199,7 +209,7 @@ def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> 
              "Fashion-MNIST, 1,000 IID samples per client unless the cell says otherwise, "
              f"{setup_note(grid_dir)}, Adam 1e-3 on clients and server, batch 32. "
              "Simulated seconds use the `phone-lte` profile; the target accuracy is 80%." + inputs_note(grid_dir)
-             + copies_note(grid_dir),
+             + copies_note(grid_dir) + replay_note(grid_dir, path),
              "", *preface]
     for experiment in grid:
         cells = load_cells(grid_dir, experiment)

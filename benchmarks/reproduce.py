@@ -82,7 +82,7 @@ READINGS = [(label, {"algorithm": "locfedmix", **o}) for label, o in [
     ("mix_extra_step", {"algo.mix_extra_step": True}),
     ("per_sample_lambda", {"algo.per_sample_lambda": True}),
     ("partners=all", {"algo.partners": 9}),
-    ("rec_loss=bce", {"algo.rec_loss": "bce"}),
+    ("rec_loss=bce", {"algo.rec_loss": "bce", "data.normalize": False}),  # BCE needs pixels in [0, 1]
     ("mix-only", {"algo.loc": False, "algo.fed": False}),
     ("server_lr=sqrtN", {"algo.server_lr_exponent": 0.5}),
     ("cut=1", {"cut": 1}),

@@ -17,6 +17,7 @@ from locfedmix.config import validate
 from locfedmix.data.datasets import load_dataset
 from locfedmix.data.normalize import Standardization, standardize
 from locfedmix.data.partition import split_validation
+from locfedmix.errors import UserError
 from locfedmix.privacy.leakage import LeakageProbe
 from locfedmix.rng import numpy_generator
 
@@ -32,7 +33,8 @@ def numpy_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("chunk", [1, 3, 4096])
 def test_fit_is_the_per_channel_mean_and_std_of_the_chosen_images(chunk):
-    x = torch.rand(10, 3, 4, 5, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1)
+    scale = torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1)
+    x = torch.rand(10, 3, 4, 5, generator=torch.Generator().manual_seed(0)) * scale
     chosen = np.array([7, 1, 4, 2, 9])
     stats = Standardization.fit(x, chosen, chunk=chunk)
     mean, std = numpy_stats(x[chosen].numpy())
@@ -127,3 +129,10 @@ def test_the_leakage_probe_scores_pixels_and_queries_with_standardized_inputs():
     queried = probe.uploads(lower, probe.x_aux[:4], "attack-query-noise", 1, 0)
     torch.testing.assert_close(queried, lower.eval()(data.dataset.x_train[torch.as_tensor(data.aux_indices[:4])]),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_a_bce_reconstruction_needs_pixels_in_zero_one():
+    with pytest.raises(UserError, match=r"algo.rec_loss='bce' .* set data.normalize=false"):
+        validate({**BASE, "algorithm": "locfedmix", "algo": {"rec_loss": "bce"}})
+    assert validate({**BASE, "algorithm": "locfedmix", "algo": {"rec_loss": "bce"},
+                     "data": {"normalize": False}}).data.normalize is False

@@ -249,6 +249,9 @@ class Config(_Section):
                 f"cut={self.cut} is outside model '{self.model}' ({n_blocks(self.model)} blocks); "
                 f"choose a cut in 1..{n_blocks(self.model) - 1} (0 = default)"
             )
+        if self.data.normalize and self.algo.rec_loss is ReconstructionLoss.BCE:
+            raise ValueError("algo.rec_loss='bce' scores the decoder against images in [0, 1], and standardized "
+                             "inputs are not; set data.normalize=false, or algo.rec_loss='mse'")
         if self.privacy.nopeek and self.batch_size < 2:
             raise ValueError("privacy.nopeek needs batch_size >= 2 (the distance correlation of one sample is 0)")
         if self.engine.distributed and (self.leakage.enabled or self.privacy.clip is not None or self.privacy.nopeek):

@@ -37,7 +37,7 @@ CELLS_DIR = RESULTS / "privacy"
 SETTINGS: dict[str, Any] = {
     "dataset": "fashion-mnist", "model": "cnn", "partition": "iid", "n_clients": 5, "samples_per_client": 1000,
     "rounds": 3, "batch_size": 32, "seed": 0, "checkpoint_every": 0, "eval": {"every": 3},
-    "data": {"val_fraction": 0.02},
+    "data": {"val_fraction": 0.02, "normalize": False},  # as the committed cells ran (before data.normalize)
     "leakage": {"enabled": True, "aux_samples": 1000, "samples_per_client": 100, "attack_epochs": 10,
                 "attack_batch_size": 64, "attack_lr": 1e-3, "averaged_attack_epochs": 40, "examples": 8},
 }

@@ -5,6 +5,7 @@
     python benchmarks/reproduce.py --only convergence ablations --seeds 3
     python benchmarks/reproduce.py --only scalability --cells '*-n1' '*-n2'   # a subset of the cells
     python benchmarks/reproduce.py --workers 12 --set engine.device=cuda --set eval.batch_size=1000   # on a GPU
+    python benchmarks/reproduce.py --set data.normalize=false --report-only   # the unstandardized grid's report
 
 Every cell is one `locfedmix.run` into benchmarks/results/reproduction/<grid>/<experiment>/<cell>/seed<k>/; a cell
 whose summary.json exists is skipped and a run cut short continues from its last checkpoint, so an interrupted grid
@@ -12,6 +13,9 @@ resumes where it stopped; a cell whose config equals
 another's up to placement (device, engine, evaluation batch) is that run, copied (its summary.json says
 `copied_from`). The report
 (benchmarks/results/REPRODUCTION.md, CSVs and PNG plots beside it) is rebuilt from whatever cells have finished.
+A grid run with `--set data.normalize=false` (pixels in [0, 1], as every run before input standardization) is kept
+apart, in `<grid>-unstandardized/` with its report REPRODUCTION[-quick]-unstandardized.md, so that both stand side
+by side.
 """
 
 import argparse
@@ -41,6 +45,7 @@ RESULTS = HERE / "results"
 ALL = list(ALGORITHMS)
 # The non-IID experiments' clients: Dirichlet label proportions with alpha = 0.3.
 NONIID = {"partition": "dirichlet", "data.alpha": 0.3}
+UNSTANDARDIZED = "-unstandardized"  # the grid's suffix when its inputs are pixels in [0, 1] (data.normalize=false)
 
 
 def experiments(quick: bool) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -80,7 +85,7 @@ READINGS = [(label, {"algorithm": "locfedmix", **o}) for label, o in [
     ("mix_extra_step", {"algo.mix_extra_step": True}),
     ("per_sample_lambda", {"algo.per_sample_lambda": True}),
     ("partners=all", {"algo.partners": 9}),
-    ("rec_loss=bce", {"algo.rec_loss": "bce"}),
+    ("rec_loss=bce", {"algo.rec_loss": "bce", "data.normalize": False}),  # BCE needs pixels in [0, 1]
     ("mix-only", {"algo.loc": False, "algo.fed": False}),
     ("server_lr=sqrtN", {"algo.server_lr_exponent": 0.5}),
     ("cut=1", {"cut": 1}),
@@ -104,6 +109,12 @@ def cell_config(overrides: dict[str, Any], seed: int, rounds: int, settings: lis
             node = node.setdefault(part, {})
         node[last] = value
     return validate(tree)
+
+
+def grid_suffix(settings: list[str]) -> str:
+    """'' for a grid of standardized inputs (the default), UNSTANDARDIZED where `settings` turn data.normalize off:
+    the two never share a folder or a report, so the runs from before standardization keep theirs."""
+    return "" if cell_config({}, 0, 1, settings).data.normalize else UNSTANDARDIZED
 
 
 def cell_cost(config) -> float:
@@ -216,7 +227,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="grid and report here instead of benchmarks/results (trials)")
     parser.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
     args = parser.parse_args()
-    grid_name = "quick" if args.quick else "full"
+    suffix = grid_suffix(args.settings)
+    grid_name = ("quick" if args.quick else "full") + suffix
     grid_dir = args.out / grid_name if args.out else RESULTS / "reproduction" / grid_name
     grid = experiments(args.quick)
     unknown = set(args.only or []) - set(grid)
@@ -231,7 +243,7 @@ def main() -> None:
     from reproduction_findings import findings
     from reproduction_report import load_cells, write_report
 
-    report = (args.out or RESULTS) / ("REPRODUCTION.md" if not args.quick else "REPRODUCTION-quick.md")
+    report = (args.out or RESULTS) / f"REPRODUCTION{'-quick' if args.quick else ''}{suffix}.md"
     print(write_report(grid_dir, grid, report, findings(lambda experiment: load_cells(grid_dir, experiment))))
 
 

@@ -171,6 +171,10 @@ MODEL_NOTES = {"cnn": "the small CNN cut after its two conv blocks (the 2-core C
                "resnet": "the ResNet cut after its second stage"}
 
 
+INPUT_NOTES = {True: "standardized per channel by the training split's mean and std (data.normalize)",
+               False: "unstandardized, pixels in [0, 1] (data.normalize=false)"}
+
+
 def setup_note(grid_dir: Path) -> str:
     """The model of the grid's convergence runs (the calibration cells name their own) and the devices of all runs."""
     configs = [tomllib.loads(p.read_text()) for p in grid_dir.glob("convergence/*/seed*/config.toml")]
@@ -180,6 +184,23 @@ def setup_note(grid_dir: Path) -> str:
     return f"{', '.join(MODEL_NOTES.get(m, m) for m in models)}, run on {' and '.join(devices)}"
 
 
+def inputs_note(grid_dir: Path) -> str:
+    """What the grid's runs fed their models, read from their config.toml (data.normalize, default on)."""
+    configs = [tomllib.loads(p.read_text()) for p in grid_dir.glob("*/*/seed*/config.toml")]
+    kinds = sorted({c.get("data", {}).get("normalize", True) for c in configs}, reverse=True)
+    return " Inputs: " + " in some runs, ".join(INPUT_NOTES[k] for k in kinds) + "." if kinds else ""
+
+
+def replay_note(grid_dir: Path, path: Path) -> str:
+    """A pointer to the grid's latency findings under the specification's charges (benchmarks/latency_replay.py),
+    where they have been replayed."""
+    replayed = path.parent / f"LATENCY-AS-SPECIFIED-{grid_dir.name}.md"
+    if not replayed.exists():
+        return ""
+    return (f" The latency findings under the design specification's per-step charges, replayed from these runs "
+            f"without training: [{replayed.name}]({replayed.name}).")
+
+
 def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> str:
     """The whole report: the header, `preface` (the findings), then one section per experiment."""
     parts = [f"# Reproduction of LocFedMix-SL's claims ({grid_dir.name} grid)", "",
@@ -187,7 +208,8 @@ def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> 
              f"`{os.path.relpath(grid_dir)}`; every number is mean ± std over seeds. "
              "Fashion-MNIST, 1,000 IID samples per client unless the cell says otherwise, "
              f"{setup_note(grid_dir)}, Adam 1e-3 on clients and server, batch 32. "
-             "Simulated seconds use the `phone-lte` profile; the target accuracy is 80%." + copies_note(grid_dir),
+             "Simulated seconds use the `phone-lte` profile; the target accuracy is 80%." + inputs_note(grid_dir)
+             + copies_note(grid_dir) + replay_note(grid_dir, path),
              "", *preface]
     for experiment in grid:
         cells = load_cells(grid_dir, experiment)

@@ -33,3 +33,14 @@ def data():
     x = torch.rand(48, *INPUT_SHAPE, generator=g)
     y = torch.randint(0, N_CLASSES, (48,), generator=g)
     return x, y
+
+
+@pytest.fixture
+def one_thread():
+    """The golden files (tests/golden/) were written with one intra-op thread (OMP_NUM_THREADS=1); a reduction split
+    over more threads rounds differently, and importing some packages (dcor, which test_privacy.py imports) raises
+    the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

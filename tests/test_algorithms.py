@@ -11,6 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import make_federation
 from locfedmix.algorithms.schedule import client_batches
+from locfedmix.algorithms.server_batch import ServerBatch
+from locfedmix.algorithms.smashmix import smashmix_loss
 from locfedmix.engines.federation import data_step, gather_batches, train_round
 from locfedmix.engines.step import server_step
 from locfedmix.rng import numpy_generator
@@ -27,7 +29,7 @@ def assert_same(a: nn.Module | list, b: nn.Module | list, atol: float = 0.0) -> 
     a = params(a) if isinstance(a, nn.Module) else a
     b = params(b) if isinstance(b, nn.Module) else b
     assert len(a) == len(b)
-    for pa, pb in zip(a, b):
+    for pa, pb in zip(a, b, strict=True):
         torch.testing.assert_close(pa, pb, atol=atol, rtol=0)
 
 
@@ -102,7 +104,7 @@ def test_each_locfedmix_part_changes_the_training(data):
     for part in ("loc", "mix", "fed"):
         ablated = run_steps("locfedmix", data, rounds=1, **{f"algo__{part}": False})
         differs = any(not torch.equal(a, b) for a, b in zip(params(full.clients.lower(1)),
-                                                            params(ablated.clients.lower(1))))
+                                                            params(ablated.clients.lower(1)), strict=True))
         assert differs, part
 
 
@@ -126,7 +128,51 @@ def test_no_client_receives_gradient_from_mixed_samples(data):
         uppers.append(params(fed.server.uppers[0]))
     for i in range(3):
         assert torch.equal(grads[0][i], grads[1][i])
-    assert any(not torch.equal(a, b) for a, b in zip(*uppers)), "mixing must change the server update"
+    assert any(not torch.equal(a, b) for a, b in zip(*uppers, strict=True)), "mixing must change the server update"
+
+
+@pytest.mark.parametrize("switches", [{"algo__per_sample_lambda": True}, {"algo__mix_extra_step": True},
+                                      {"algo__per_sample_lambda": True, "algo__mix_extra_step": True}])
+def test_no_gradient_goes_down_from_mixed_samples_in_any_smashmix_variant(switches, data):
+    """One whole engine step of LocFedMix-SL with SmashMix's per-sample λ or extra server step: every client (lower
+    model and decoder) ends exactly where it ends without SmashMix, while the server does not."""
+    x, y = data
+    plan = {i: torch.arange(4 * i, 4 * i + 4) for i in range(3)}
+    feds = {}
+    for name, extra in (("mixed", {"algo__partners": 2, **switches}), ("plain", {"algo__mix": False})):
+        feds[name] = make_federation("locfedmix", sizes=[4, 4, 4], n_clients=3, **extra, **SGD)
+        data_step(x, y)(feds[name], plan)
+    mixed, plain = feds["mixed"], feds["plain"]
+    for i in range(3):
+        assert_same(mixed.clients.lower(i), plain.clients.lower(i))
+        assert_same(mixed.clients.head(i), plain.clients.head(i))
+    assert any(not torch.equal(a, b) for a, b in zip(params(mixed.server.uppers[0]), params(plain.server.uppers[0]),
+                                                    strict=True)), "SmashMix must change the server update"
+
+
+def test_mix_extra_step_updates_the_server_on_the_real_loss_then_on_the_mixed_loss(data):
+    """The second update's mixed loss is computed with the upper model the first update left (not joined to the
+    first), and the cut gradients are the clients' own losses' at the model before either update."""
+    x, y = data
+    fed = make_federation("locfedmix", sizes=[1, 1, 1], n_clients=3, algo__partners=2, algo__mix_extra_step=True,
+                          **SGD)
+    start = copy.deepcopy(fed.server.uppers[0])
+    uploads, labels = uploads_of(fed, x, y)
+    weights = fed.weights([0, 1, 2])
+    _, cut = server_step(fed.algo, fed.server, uploads, labels, weights, numpy_generator(0, "mix"))
+    upper = copy.deepcopy(start)
+    opt = torch.optim.SGD(upper.parameters(), lr=0.1)
+    sum(weights[i] * F.cross_entropy(upper(uploads[i].detach()), labels[i]) for i in range(3)).backward()
+    opt.step()
+    opt.zero_grad()
+    fresh = {i: u.detach() for i, u in uploads.items()}
+    smashmix_loss(upper, ServerBatch.of(fresh, labels, weights), fed.algo.mixer, numpy_generator(0, "mix")).backward()
+    opt.step()
+    assert_same(fed.server.uppers[0], upper, atol=1e-6)
+    for i in range(3):
+        s = uploads[i].detach().requires_grad_(True)
+        expected, = torch.autograd.grad(F.cross_entropy(start(s), labels[i]), s)
+        torch.testing.assert_close(cut[i], expected, atol=1e-7, rtol=1e-5)
 
 
 def test_cut_gradient_is_the_gradient_of_the_clients_own_loss(data):
@@ -143,20 +189,32 @@ def test_cut_gradient_is_the_gradient_of_the_clients_own_loss(data):
 
 
 def test_locsplitfed_sends_nothing_down_and_clients_follow_their_local_loss(data):
+    """The engine's whole step (its own uploads, not copies detached here): no gradient message goes down, each
+    client moves by its local head's loss alone, and the server by Σ δ_i L_i on what was uploaded."""
     x, y = data
-    fed = make_federation("locsplitfed", sizes=[1, 1], n_clients=2, **SGD)
-    lower, head = copy.deepcopy(fed.clients.lower(0)), copy.deepcopy(fed.clients.head(0))
-    opt = torch.optim.SGD(list(lower.parameters()) + list(head.parameters()), lr=0.1)
-    F.cross_entropy(head(lower(x[:4])), y[:4]).backward()
-    opt.step()
-    uploads, labels = uploads_of(fed, x, y)
-    uploads = {i: u.detach() for i, u in uploads.items()}
-    _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
-    assert cut == {}
-    batches = {0: (x[:4], y[:4])}
-    fed.clients.backward_and_step(fed.algo.objective, fed.clients.forward(batches), {}, batches)
-    assert_same(fed.clients.lower(0), lower, atol=1e-7)
-    assert_same(fed.clients.head(0), head, atol=1e-7)
+    fed = make_federation("locsplitfed", sizes=[4, 4], n_clients=2, **SGD)
+    plan = {0: torch.arange(0, 4), 1: torch.arange(4, 8)}
+    upper = copy.deepcopy(fed.server.uppers[0])
+    expected, uploads = {}, {}
+    for i, idx in plan.items():
+        lower, head = copy.deepcopy(fed.clients.lower(i)), copy.deepcopy(fed.clients.head(i))
+        uploads[i] = lower(x[idx]).detach()
+        opt = torch.optim.SGD(list(lower.parameters()) + list(head.parameters()), lr=0.1)
+        F.cross_entropy(head(lower(x[idx])), y[idx]).backward()
+        opt.step()
+        expected[i] = (lower, head)
+    weights = fed.weights([0, 1])
+    server_opt = torch.optim.SGD(upper.parameters(), lr=0.1)
+    sum(weights[i] * F.cross_entropy(upper(uploads[i]), y[idx]) for i, idx in plan.items()).backward()
+    server_opt.step()
+    data_step(x, y)(fed, plan)
+    sent = fed.ledger.close()
+    assert [m.kind for m in sent if m.direction == "down"] == []
+    assert sorted((m.client, m.kind) for m in sent) == [(0, "labels"), (0, "smashed"), (1, "labels"), (1, "smashed")]
+    for i, (lower, head) in expected.items():
+        assert_same(fed.clients.lower(i), lower, atol=1e-7)
+        assert_same(fed.clients.head(i), head, atol=1e-7)
+    assert_same(fed.server.uppers[0], upper, atol=1e-7)
 
 
 def test_sflv1_keeps_one_upper_copy_per_client_and_averages_them(data):
@@ -223,7 +281,21 @@ def test_reconstruction_regularizer_gradients(data):
 
 
 def test_fedavg_every_t_steps_synchronizes_mid_round(data):
+    """Averaged after steps 3, 6, ...: the models are the δ-weighted mean of what psl (the same steps, never
+    averaged) holds at that point, not merely equal to each other."""
     x, y = data
+    sizes = [12, 10, 9]  # three batches of 4 each; δ = 12/31, 10/31, 9/31
+    idx = [np.arange(0, 12), np.arange(12, 22), np.arange(22, 31)]
+    fed = make_federation("sfl", sizes=sizes, n_clients=3, algo__sync_every=3, **SGD)
+    psl = make_federation("psl", sizes=sizes, n_clients=3, **SGD)
+    train_round(fed, idx, 4, 1, data_step(x, y))
+    train_round(psl, idx, 4, 1, data_step(x, y))
+    assert fed.step == 3
+    mean = [sum(s / 31 * p for s, p in zip(sizes, ps, strict=True))
+            for ps in zip(*(params(psl.clients.lower(i)) for i in range(3)), strict=True)]
+    for i in range(3):
+        assert_same(fed.clients.lower(i), mean, atol=1e-6)
+    assert_same(fed.server.uppers[0], psl.server.uppers[0])
     fed = make_federation("sfl", sizes=[16, 16, 16], n_clients=3, algo__sync_every=3)
     train_round(fed, split_indices(3, 16), 4, 1, data_step(x, y))  # 4 steps: averaged after step 3, then one more step
     assert fed.step == 4

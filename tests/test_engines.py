@@ -36,17 +36,23 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
 
 
+def same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Every entry of two state dicts, by name (parameters and buffers alike), to float rounding."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        close(sa[key].float(), sb[key].float())
+
+
 def same_models(a, b) -> None:
     """Two trained federations of 3 clients hold the same lower models, heads and upper model(s), to float rounding."""
+    assert a.clients.has_head == b.clients.has_head and len(a.server.uppers) == len(b.server.uppers)
     for i in range(3):
-        for x, y in zip(a.clients.lower(i).state_dict().values(), b.clients.lower(i).state_dict().values()):
-            close(x, y)
+        same_state(a.clients.lower(i), b.clients.lower(i))
         if a.clients.has_head:
-            for x, y in zip(a.clients.head(i).parameters(), b.clients.head(i).parameters()):
-                close(x, y)
-    for ua, ub in zip(a.server.uppers, b.server.uppers):
-        for x, y in zip(ua.parameters(), ub.parameters()):
-            close(x, y)
+            same_state(a.clients.head(i), b.clients.head(i))
+    for ua, ub in zip(a.server.uppers, b.server.uppers, strict=True):
+        same_state(ua, ub)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -217,12 +223,7 @@ def test_vectorized_engine_equals_the_loop_with_every_defence_on(algorithm, data
     plain, plain_losses = trained(algorithm, "loop", data, **{k: v for k, v in DEFENCES.items() if "privacy" not in k})
     np.testing.assert_allclose(loop_losses, stacked_losses, rtol=1e-5)
     assert not np.allclose(loop_losses, plain_losses), "the defences must change the training"
-    for i in range(3):
-        for a, b in zip(loop.clients.lower(i).state_dict().values(), stacked.clients.lower(i).state_dict().values()):
-            close(a, b)
-    for a, b in zip(loop.server.uppers, stacked.server.uppers):
-        for pa, pb in zip(a.parameters(), b.parameters()):
-            close(pa, pb)
+    same_models(loop, stacked)  # heads (LocSplitFed's classifier, LocFedMix-SL's decoder) included
 
 
 def test_the_decoder_gets_channels_last_maps_on_the_cpu_only():

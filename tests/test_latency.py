@@ -99,6 +99,51 @@ def test_decoder_work_overlaps_the_wait_for_the_gradient():
     assert phases["total"] == pytest.approx(0.004 + max(0.04, 0.066048 + 0.0072 + 0.032768) + 0.008)
 
 
+def one_client_messages(client: int) -> list[Message]:
+    return [Message(client, Kind.SMASHED, Direction.UP, 4096), Message(client, Kind.LABELS, Direction.UP, 32),
+            Message(client, Kind.GRADIENT, Direction.DOWN, 4096)]
+
+
+def test_splitfed_v2_charges_each_step_to_one_client_with_the_whole_band():
+    """SplitFed v2 serves one client's whole local epoch after another's: a client's next batch waits for the server's
+    gradient, which waits for every client served before it, so its compute and links are on the critical path
+    (docs/algorithms.md, "Latency model"). One step, client 0 alone: forward 0.004 s, upload 4128·8/1e6, server
+    4·9e6/1e10, download 4096·8/2e6, backward 0.008 s, all in series."""
+    algo = make_config("sflv2", n_clients=2).resolved_algorithm()
+    phases = step_phases(algo, FLOPS, PROFILE, {0: 4}, one_client_messages(0))
+    assert phases["upload"] == pytest.approx(0.033024) and phases["download"] == pytest.approx(0.016384)
+    assert phases["total"] == pytest.approx(0.004 + 0.033024 + 0.0036 + 0.016384 + 0.008)
+
+
+def test_sflv2_round_is_the_sum_of_its_clients_steps():
+    """Two clients of two batches each: four one-client steps in series, then the FedAvg exchange."""
+    fed = make_federation("sflv2", sizes=[8, 8], n_clients=2)
+    breakdown = round_breakdown(fed, [np.arange(0, 8), np.arange(8, 16)], 4)
+    step = step_phases(fed.algo, fed.flops, fed.profile, {0: 4}, [
+        Message(0, Kind.SMASHED, Direction.UP, 4 * SMASHED), Message(0, Kind.LABELS, Direction.UP, 32),
+        Message(0, Kind.GRADIENT, Direction.DOWN, 4 * SMASHED)])["total"]
+    assert breakdown["steps"] == 4
+    assert breakdown["round_total"] - breakdown["sync"] == pytest.approx(4 * step)
+
+
+def test_splitfed_v1_server_copies_share_the_servers_flop_rate():
+    """N upper copies on one server do N batches' work: charged as psl's one batch of all samples (8·9e6/1e10)."""
+    v1 = step_phases(make_config("sflv1", n_clients=2).resolved_algorithm(), FLOPS, PROFILE, {0: 4, 1: 4},
+                     step_messages(True))
+    psl = step_phases(make_config("psl", n_clients=2).resolved_algorithm(), FLOPS, PROFILE, {0: 4, 1: 4},
+                      step_messages(True))
+    assert v1["server_compute"] == pytest.approx(0.0072) and v1 == psl
+
+
+def test_gradmix_sends_each_client_its_gradient():
+    """GradMix changes what comes down, not how: every client is sent its (mixed or own) gradient, as FedAvg sends
+    every client the averaged model, so sglr's download is psl's (two clients share the band: 4096·8·2/2e6)."""
+    sglr = step_phases(make_config("sglr", n_clients=2).resolved_algorithm(), FLOPS, PROFILE, {0: 4, 1: 4},
+                       step_messages(True))
+    assert sglr["download"] == pytest.approx(0.032768)
+    assert sglr["total"] == pytest.approx(0.004 + 0.066048 + 0.0072 + 0.032768 + 0.008)
+
+
 def test_doubling_the_uplink_rate_halves_upload_time():
     messages = step_messages(True)
     slow = transfer_seconds(messages, Direction.UP, 1e6, 0.0)

@@ -67,10 +67,10 @@ def test_runs_that_differ_show_the_difference_and_wall_beside_simulated_time(run
     text, drawn = report(runs, monkeypatch, "a", "b")
     assert "**Differing in**: `seed`" in text and "engine" not in text  # the engine only places a run
     header, _, *rows = table(text)
-    assert header[-3:] == ["simulated s", "wall s", "seed"]
+    assert header[-4:] == ["simulated s", "wall s", "test acc at best val (round)", "seed"]
     assert [(row[0], row[-1]) for row in rows] == [("a/locfedmix", "4"), ("a/psl", "4"), ("b", "5")]
     for row, path in zip(rows, ["a/locfedmix", "a/psl", "b"]):
         summary = json.loads((runs / path / "summary.json").read_text())
-        assert row[-2] == f"{summary['wall_seconds']:.1f}"
-        assert row[-3] == f"{summary['final']['simulated_seconds']:.1f}"
+        assert row[-3] == f"{summary['wall_seconds']:.1f}"
+        assert row[-4] == f"{summary['final']['simulated_seconds']:.1f}"
     assert drawn[0]["labels"] == ["locfedmix (seed=4)", "psl (seed=4)", "psl (seed=5)"]

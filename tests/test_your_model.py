@@ -73,7 +73,7 @@ def _config(algorithm: str, **extra):
                      "seed": 2, "checkpoint_every": 0, "data": {"val_fraction": 0.0}, **extra})
 
 
-def test_builtin_blocks_handed_over_as_a_model_give_the_committed_metrics(tmp_path):
+def test_builtin_blocks_handed_over_as_a_model_give_the_committed_metrics(tmp_path, one_thread):
     config = golden_config("cnn-psl")
     run(config, tmp_path / "blocks", progress=False, model=Model(build_cnn_blocks, cut=2))
     named = Model(lambda shape, n: nn.Sequential(*build_cnn_blocks(shape, n)), cut="1")

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from locfedmix import registry
 from locfedmix.config import Config
-from locfedmix.data.datasets import Dataset
+from locfedmix.data.datasets import DATASETS, Dataset
+from locfedmix.data.normalize import Standardization, standardize
 from locfedmix.data.streaming import StreamingSteps
 from locfedmix.data.user import data_path, load_named, to_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
@@ -32,6 +33,7 @@ from locfedmix.models import Model
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
 from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
+from locfedmix.selection import validation_selected
 
 
 @dataclass
@@ -41,6 +43,7 @@ class FederatedData:
     val_indices: np.ndarray  # into dataset.x_train, shuffled (evaluation shards must be random)
     test_order: np.ndarray  # a shuffled order of the test set
     aux_indices: np.ndarray  # into dataset.x_train: the leakage attacker's own data (empty unless leakage is on)
+    standardization: Standardization | None = None  # what dataset's images were standardized with (data.normalize)
 
     def histograms(self) -> list[list[int]]:
         labels = self.dataset.y_train.cpu().numpy()
@@ -49,7 +52,8 @@ class FederatedData:
 
 def federate(config: Config, source: Any = None) -> FederatedData:
     """Load the dataset (`source`, the user's own data, in place of config.dataset when given), hold out the
-    validation split, and partition the rest among the clients."""
+    validation split, standardize a built-in dataset's images by the rest (data.normalize; a user's data arrive as
+    given), and partition the rest among the clients."""
     budget = config.data.memory_mb
     dataset = (load_named(config.dataset, config.data.dir, config.seed, budget) if source is None
                else to_dataset(source, "user", budget))
@@ -57,6 +61,9 @@ def federate(config: Config, source: Any = None) -> FederatedData:
         raise UserError(f"[leakage] needs the data in memory; raise data.memory_mb above {budget:g}")
     labels = dataset.y_train.numpy()
     train, val = split_validation(labels, config.data.val_fraction, numpy_generator(config.seed, "validation"))
+    stats = None
+    if config.data.normalize and source is None and config.dataset in DATASETS:
+        dataset, stats = standardize(dataset, train)
     parts = partition(
         config.partition, labels[train], config.n_clients, numpy_generator(config.seed, "partition"),
         samples_per_client=config.samples_per_client or None,
@@ -67,7 +74,8 @@ def federate(config: Config, source: Any = None) -> FederatedData:
     clients = [train[p] for p in parts]
     aux = (auxiliary_split(len(labels), clients, config.leakage.aux_samples, numpy_generator(config.seed, "auxiliary"))
            if config.leakage.enabled else np.empty(0, np.int64))
-    return FederatedData(dataset, clients, shuffle.permutation(val), shuffle.permutation(len(dataset.y_test)), aux)
+    return FederatedData(dataset, clients, shuffle.permutation(val), shuffle.permutation(len(dataset.y_test)), aux,
+                         stats)
 
 
 def peak_memory_mb() -> float:
@@ -106,7 +114,9 @@ def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[d
               wall_seconds: float, train_seconds: float) -> dict[str, Any]:
     return {
         "algorithm": config.algorithm, "parts": repr(fed.algo), "final": rows[-1], "steps": fed.step,
-        "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+        "best_test_accuracy": max(r["test_accuracy"] for r in rows),  # picked on the test set: optimistic
+        "validation_selected": validation_selected(rows),  # the round picked on validation, and its test accuracy
+        "normalization": data.standardization.summary() if data.standardization else None,
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
@@ -163,7 +173,8 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
     updated in place and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
     checkpoint; only rank 0 has `run_dir` and writes."""
     ds = data.dataset
-    probe = (LeakageProbe(fed, ds.x_train, ds.y_train, data.client_indices, data.aux_indices, config.leakage)
+    probe = (LeakageProbe(fed, ds.x_train, ds.y_train, data.client_indices, data.aux_indices, config.leakage,
+                          data.standardization)
              if config.leakage.enabled else None)
     streaming = data_path(ds) == "streaming"
     execute = (StreamingSteps(ds.x_train, ds.y_train, config.data.workers, fed.server.device, data_step) if streaming

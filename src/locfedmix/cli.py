@@ -119,15 +119,18 @@ def _resume(args: argparse.Namespace) -> None:
     _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")
 
 
-RESULT_HEADER = ("run", "test accuracy", "rounds", "MB up", "MB down", "time to target (simulated)", "wall s")
+RESULT_HEADER = ("run", "test accuracy", "rounds", "MB up", "MB down", "time to target (simulated)", "wall s",
+                 "test acc at best val (round)")
 
 
 def _result_row(name: str, summary: dict) -> tuple[str, ...]:
     final, target = summary["final"], summary["time_to_target"]
     reached = (f"{target['simulated_seconds']:.1f} s at {target['target_accuracy']:.0%}" if target["reached"]
                else f"not reached ({target['target_accuracy']:.0%})")
+    chosen = summary["validation_selected"]
+    selected = f"{chosen['test_accuracy']:.4f} ({chosen['round']})" if chosen else "no validation split"
     return (name, f"{final['test_accuracy']:.4f}", str(final["round"]), f"{final['bytes_up'] / 1e6:.1f}",
-            f"{final['bytes_down'] / 1e6:.1f}", reached, f"{summary['wall_seconds']:.1f}")
+            f"{final['bytes_down'] / 1e6:.1f}", reached, f"{summary['wall_seconds']:.1f}", selected)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

@@ -35,6 +35,8 @@ class DataConfig(_Section):
 
     dir: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    normalize: bool = Field(True, description="standardize each channel by the training split's mean and std "
+                                              "(data/normalize.py); false keeps pixels in [0, 1]")
     partition_by: Literal["label"] = Field("label", description="our datasets have one target column, 'label'")
     alpha: float = Field(0.5, gt=0, description="dirichlet: the concentration (smaller = more skewed)")
     min_partition_size: int = Field(1, ge=1, description="dirichlet: redraw until every client has this many")
@@ -256,6 +258,9 @@ class Config(_Section):
                 f"cut={self.cut} is outside model '{self.model}' ({n_blocks(self.model)} blocks); "
                 f"choose a cut in 1..{n_blocks(self.model) - 1} (0 = default)"
             )
+        if self.data.normalize and self.algo.rec_loss is ReconstructionLoss.BCE:
+            raise ValueError("algo.rec_loss='bce' scores the decoder against images in [0, 1], and standardized "
+                             "inputs are not; set data.normalize=false, or algo.rec_loss='mse'")
         if self.privacy.nopeek and self.batch_size < 2:
             raise ValueError("privacy.nopeek needs batch_size >= 2 (the distance correlation of one sample is 0)")
         if self.engine.distributed and (self.leakage.enabled or self.privacy.clip is not None or self.privacy.nopeek):

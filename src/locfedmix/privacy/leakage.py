@@ -24,6 +24,7 @@ from torch import nn
 
 from locfedmix.algorithms.parts import Relay
 from locfedmix.config import LeakageConfig
+from locfedmix.data.normalize import Standardization
 from locfedmix.engines.federation import Federation
 from locfedmix.errors import UserError
 from locfedmix.models import build_decoder
@@ -71,26 +72,31 @@ class Measurement:
 
 
 class LeakageProbe:
-    """Draws its samples once per run (the same ones every round) and measures the federation when asked."""
+    """Draws its samples once per run (the same ones every round) and measures the federation when asked. With
+    standardized inputs (data.normalize) it holds, reconstructs and scores pixels, and standardizes only what it
+    feeds a lower model."""
 
     def __init__(self, fed: Federation, x_train: torch.Tensor, y_train: torch.Tensor,
-                 client_indices: list[np.ndarray], aux_indices: np.ndarray, cfg: LeakageConfig):
-        self.fed, self.cfg = fed, cfg
+                 client_indices: list[np.ndarray], aux_indices: np.ndarray, cfg: LeakageConfig,
+                 standardization: Standardization | None = None):
+        self.fed, self.cfg, self.standardization = fed, cfg, standardization
+        pixels = standardization.invert if standardization else lambda x: x
         aux = torch.as_tensor(aux_indices, device=x_train.device)
-        self.x_aux, self.y_aux = x_train[aux], y_train[aux.to(y_train.device)].to(x_train.device)
+        self.x_aux, self.y_aux = pixels(x_train[aux]), y_train[aux.to(y_train.device)].to(x_train.device)
         self.x_clients, self.y_clients = [], []
         for i, idx in enumerate(client_indices):
             rng = numpy_generator(fed.seed, "leakage-samples", i)
             chosen = torch.as_tensor(np.sort(rng.choice(idx, size=min(cfg.samples_per_client, len(idx)),
                                                         replace=False)))
-            self.x_clients.append(x_train[chosen.to(x_train.device)])
+            self.x_clients.append(pixels(x_train[chosen.to(x_train.device)]))
             self.y_clients.append(y_train[chosen.to(y_train.device)])
 
     def uploads(self, lower: nn.Module, x: torch.Tensor, purpose: str, round_index: int, client: int,
                 draws: int = 1) -> torch.Tensor:
         """What `client` sends for x; with `draws` > 1 the mean of that many uploads, each with fresh noise."""
         generator = torch_generator(self.fed.seed, purpose, round_index, client)
-        smashed = lower_outputs(lower, x)
+        inputs = self.standardization.apply(x) if self.standardization else x
+        smashed = lower_outputs(lower, inputs)
         if draws == 1 or not self.fed.defence.noise_std:
             return self.fed.defence.upload(smashed, generator)
         return torch.stack([self.fed.defence.upload(smashed, generator) for _ in range(draws)]).mean(0)

@@ -10,9 +10,10 @@ from locfedmix.errors import UserError
 from locfedmix.report.plots import accuracy_curves, partition_heatmap
 from locfedmix.report.runs import Run, file_stem, find_runs
 from locfedmix.report.settings import differing, headline, legend, setting
+from locfedmix.selection import validation_selected
 
 TABLE_HEADER = ("run", "algorithm", "rounds", "final test acc", "best test acc", "MB up", "MB down", "MB total",
-                "time to target (simulated)", "simulated s", "wall s")
+                "time to target (simulated)", "simulated s", "wall s", "test acc at best val (round)")
 
 # (file, x axis, title) of the curves every report draws
 CURVES = [
@@ -33,11 +34,13 @@ def table_row(run: Run) -> tuple[str, ...]:
     beside the wall-clock time it took here."""
     final = run.rows[-1]
     best = max(row["test_accuracy"] for row in run.rows)
+    chosen = validation_selected(run.rows)
+    selected = f"{chosen['test_accuracy']:.4f} ({chosen['round']})" if chosen else "no validation split"
     up, down = final["bytes_up"] / 1e6, final["bytes_down"] / 1e6
     wall = run.summary.get("wall_seconds")
     return (run.name, run.algorithm, str(int(final["round"])), f"{final['test_accuracy']:.4f}", f"{best:.4f}",
             f"{up:.2f}", f"{down:.2f}", f"{up + down:.2f}", _time_to_target(run.summary["time_to_target"]),
-            f"{final['simulated_seconds']:.1f}", "-" if wall is None else f"{wall:.1f}")
+            f"{final['simulated_seconds']:.1f}", "-" if wall is None else f"{wall:.1f}", selected)
 
 
 def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -89,7 +92,9 @@ def write_report(directories: list[str | Path], out: str | Path | None = None) -
     if varying:
         lines += [f"**Differing in**: {', '.join(f'`{key}`' for key in varying)} (the table's columns).", ""]
     lines += ["## Results", "", markdown_table(TABLE_HEADER + tuple(columns), rows), "",
-              "Final and best test accuracy from metrics.csv; bytes are cumulative over the run; the time to target "
+              "Final and best test accuracy from metrics.csv (the best is picked on the test set, so it flatters; the "
+              "test accuracy at the round of best validation accuracy is picked without it); bytes are cumulative "
+              "over the run; the time to target "
               "and the simulated seconds come from the run's `[latency]` profile and `target_accuracy`; wall s is "
               "the time the run took on the machine that trained it.", "", "## Curves", ""]
     for png, x, title in CURVES:

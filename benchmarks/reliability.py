@@ -34,6 +34,7 @@ from locfedmix.experiment import load_experiment
 HERE = Path(__file__).parent
 TESTS = HERE.parent / "tests"
 sys.path.insert(0, str(TESTS))
+import hostile_play  # noqa: E402  (how the suite plays a hostile scenario)
 import hostile_scenarios  # noqa: E402  (the hostile-input scenarios the suite plays)
 import test_resume  # noqa: E402  (the kill helper and the parametrization the suite runs)
 
@@ -139,7 +140,7 @@ def hostile_suite() -> list[dict[str, Any]]:
     rows = []
     for scenario in tqdm(hostile_scenarios.SCENARIOS, desc="hostile", leave=False):
         with tempfile.TemporaryDirectory() as tmp:
-            outcome = hostile_scenarios.play(scenario, Path(tmp))
+            outcome = hostile_play.play(scenario, Path(tmp))
         rows.append({"class": scenario.door, "scenario": scenario.name, "expected_code": scenario.code,
                      "code": outcome.code, "stderr_lines": len(outcome.stderr.splitlines()),
                      "outside_changed": len(outcome.changed), "as_required": outcome.matches(scenario)})

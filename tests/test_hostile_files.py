@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import torch
 
-from hostile_scenarios import (COMMAND, ENV, IDX_NAMES, SCENARIOS, finished_run, idx_set, mounted_tmpfs, play, run_args,
-                               write_config)
+from hostile_play import COMMAND, ENV, IDX_NAMES, finished_run, idx_set, mounted_tmpfs, play, run_args, write_config
+from hostile_scenarios import SCENARIOS
 
 def locfedmix(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=ENV, timeout=300)

@@ -11,7 +11,7 @@ from locfedmix import ALGORITHMS, Algorithm, UserError, register
 from locfedmix.algorithms.parts import Parallel
 
 ROOT = Path(__file__).parent.parent
-PAGES = ["add-an-algorithm.md", "api.md"]
+PAGES = ["add-an-algorithm.md", "api.md", "architecture.md"]
 
 
 def python_blocks(page: str) -> list[str]:

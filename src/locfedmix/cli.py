@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
-from locfedmix.engines.distributed import is_primary, leave, lost_peer, rank
+from locfedmix.engines.transports.distributed import is_primary, leave, lost_peer, rank
 from locfedmix.errors import NumericalError, UserError
 
 # Every rank meets the same mistake and only rank 0 reports it; another rank that exited first would have torchrun
@@ -57,7 +57,8 @@ def _run(args: argparse.Namespace) -> None:
     results = []
     for label, config in cells:
         out = base / label if label else base
-        summary = run(config, out, overwrite=args.overwrite, progress=not args.no_progress, label=label or None)
+        summary = run(config, out, overwrite=args.overwrite, progress=not args.no_progress, label=label or None,
+                      tune_process=True)
         row = _result_row(label or config.algorithm, summary)
         results.append(row)
         _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {out}")
@@ -80,7 +81,7 @@ def _resume(args: argparse.Namespace) -> None:
         raise UserError("--resume continues a run with its own config.toml; drop --config and --set")
     directory = Path(args.resume)
     ((_, config),) = load_experiment(directory / "config.toml")
-    summary = run(config, directory, progress=not args.no_progress, resume=True)
+    summary = run(config, directory, progress=not args.no_progress, resume=True, tune_process=True)
     row = _result_row(config.algorithm, summary)
     _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")
 

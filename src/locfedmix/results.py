@@ -20,7 +20,7 @@ from locfedmix.errors import UserError
 from locfedmix.logs import EventLog, TensorBoardLog
 
 if TYPE_CHECKING:
-    from locfedmix.engines.federation import Federation
+    from locfedmix.engines.flow.state import Federation
 
 METRIC_COLUMNS = [
     "round", "step", "algorithm", "n_clients", "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",

@@ -10,8 +10,10 @@ from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.algorithms.objectives import receives_server_gradient
 from locfedmix.algorithms.schedule import StepPlan
 from locfedmix.config import AlgoSwitches, Config
-from locfedmix.engines.federation import Federation, build_federation, train_round
-from locfedmix.engines.step import record_step
+from locfedmix.engines.assemble import build_federation
+from locfedmix.engines.flow.round import train_round
+from locfedmix.engines.flow.state import Federation
+from locfedmix.engines.flow.step import record_step
 from locfedmix.latency.ledger import Direction
 from locfedmix.latency.model import PHASES
 

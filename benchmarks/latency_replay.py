@@ -32,7 +32,8 @@ from locfedmix.algorithms.parts import FedAvg, Sequential, ServerLayout  # noqa:
 from locfedmix.api import federate, time_to_target  # noqa: E402
 from locfedmix.config import EngineKind, validate  # noqa: E402
 from locfedmix.config_files import read_toml  # noqa: E402
-from locfedmix.engines import federation  # noqa: E402
+from locfedmix.engines.assemble import build_federation  # noqa: E402
+from locfedmix.engines.flow import round as flow_round  # noqa: E402
 from locfedmix.latency.flops import SampleFlops  # noqa: E402
 from locfedmix.latency.ledger import Message  # noqa: E402
 from locfedmix.latency.model import FULL_SPEED, Profile, step_phases  # noqa: E402
@@ -50,12 +51,12 @@ def replay(run_dir: Path, phases: PhaseModel | None = None) -> list[float]:
     config = config.model_copy(update={"engine": config.engine.model_copy(update={"kind": EngineKind.LOOP,
                                                                                   "device": "cpu"})})
     data = federate(config)
-    fed = federation.build_federation(config, config.resolved_algorithm(), data.dataset.input_shape,
-                                      data.dataset.n_classes, [len(i) for i in data.client_indices])
+    fed = build_federation(config, config.resolved_algorithm(), data.dataset.input_shape,
+                           data.dataset.n_classes, [len(i) for i in data.client_indices])
     seconds = []
-    with mock.patch.object(federation, "step_phases", phases or step_phases):
+    with mock.patch.object(flow_round, "step_phases", phases or step_phases):
         for r in range(1, config.rounds + 1):
-            federation.train_round(fed, data.client_indices, config.batch_size, r, dry_step)
+            flow_round.train_round(fed, data.client_indices, config.batch_size, r, dry_step)
             if r % config.eval.every == 0 or r == config.rounds:
                 seconds.append(fed.clock.seconds)
     return seconds

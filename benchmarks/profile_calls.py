@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from locfedmix.engines.device import resolve_device
+from locfedmix.engines.backends.device import resolve_device
 from profile_step import profiled_round
 
 TOP = 25

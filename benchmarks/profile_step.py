@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from locfedmix.engines.denormals import denormals_flushed
-from locfedmix.engines.device import resolve_device
-from locfedmix.engines.federation import train_round
-from locfedmix.engines.host_memory import keep_freed_host_memory
+from locfedmix.engines.backends.denormals import denormals_flushed
+from locfedmix.engines.backends.device import resolve_device
+from locfedmix.engines.flow.round import train_round
+from locfedmix.engines.backends.host_memory import keep_freed_host_memory
 from throughput import BATCH, RESULTS, split_meter, warm_federation
 
 TOP = 8

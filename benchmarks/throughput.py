@@ -37,11 +37,12 @@ from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.algorithms.parts import Parallel
 from locfedmix.api import peak_memory_mb
 from locfedmix.config import Layout, validate
-from locfedmix.engines.clients import loop_layout
-from locfedmix.engines.denormals import denormals_flushed
-from locfedmix.engines.device import resolve_device
-from locfedmix.engines.federation import build_federation, data_step, train_round
-from locfedmix.engines.host_memory import keep_freed_host_memory
+from locfedmix.engines.backends.looped import loop_layout
+from locfedmix.engines.backends.denormals import denormals_flushed
+from locfedmix.engines.backends.device import resolve_device
+from locfedmix.engines.assemble import build_federation
+from locfedmix.engines.flow.round import data_step, train_round
+from locfedmix.engines.backends.host_memory import keep_freed_host_memory
 from locfedmix.latency.flops import count_flops
 from locfedmix.latency.model import mixed_samples
 from locfedmix.models import build_split_model
@@ -105,7 +106,7 @@ def warm_federation(algorithm: str, n_clients: int, per_client: int, engine: str
 def split_meter(algorithm: str, n_clients: int, per_client: int, engine: str, device: torch.device,
                 activation_mb: float | None = None) -> tuple[Callable[[float], float], str, float, float]:
     """A warm meter of whole rounds' samples/s, the pool, the work per sample, and the share of clients whose
-    forward is recomputed in backward (engines/memory.py)."""
+    forward is recomputed in backward (engines/backends/memory.py)."""
     fed, indices, execute = warm_federation(algorithm, n_clients, per_client, engine, device, activation_mb)
     rounds = itertools.count(1)
     meter = lambda seconds: timed(lambda: train_round(fed, indices, BATCH, next(rounds), execute),

@@ -35,7 +35,7 @@ def _verdict(met: bool) -> str:
 
 
 def _pool(row: dict) -> str:
-    """The row's client pool, and the share of clients recomputing their forward when any do (engines/memory.py)."""
+    """The row's client pool, and the share of clients recomputing their forward when any do (engines/backends/memory.py)."""
     return row["engine"] + (f", {row['recomputed']:.0%} recomputed" if row.get("recomputed") else "")
 
 

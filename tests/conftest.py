@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from locfedmix.config import validate
-from locfedmix.engines.federation import build_federation
+from locfedmix.engines.assemble import build_federation
 
 INPUT_SHAPE = (1, 8, 8)
 N_CLASSES = 10

@@ -13,8 +13,8 @@ from conftest import make_federation
 from locfedmix.algorithms.schedule import client_batches
 from locfedmix.algorithms.server_batch import ServerBatch
 from locfedmix.algorithms.smashmix import smashmix_loss
-from locfedmix.engines.federation import data_step, gather_batches, train_round
-from locfedmix.engines.step import server_step
+from locfedmix.engines.flow.round import data_step, gather_batches, train_round
+from locfedmix.engines.flow.server import server_step
 from locfedmix.rng import numpy_generator
 
 SGD = dict(client_optimizer__name="sgd", client_optimizer__lr=0.1, server_optimizer__name="sgd",
@@ -231,7 +231,7 @@ def test_sflv1_keeps_one_upper_copy_per_client_and_averages_them(data):
         torch.optim.SGD(upper.parameters(), lr=0.1).step()
         expected.append(params(upper))
         assert_same(fed.server.uppers[i], expected[i], atol=1e-7)
-    from locfedmix.engines.exchange import synchronize
+    from locfedmix.engines.flow.exchange import synchronize
 
     synchronize(fed, fed.algo.sync, [0, 1])
     mean = [0.25 * a + 0.75 * b for a, b in zip(*expected)]

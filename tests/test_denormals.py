@@ -10,14 +10,14 @@ import pytest
 
 from locfedmix import api
 from locfedmix.config import validate
-from locfedmix.engines.denormals import flushing
+from locfedmix.engines.backends.denormals import flushing
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="flushing denormals is x86's MXCSR mode")
 
 PRODUCT = """
 import sys, torch
-from locfedmix.engines.denormals import denormals_flushed, flushing
+from locfedmix.engines.backends.denormals import denormals_flushed, flushing
 torch.set_num_threads(2)
 x = torch.full((4_000_000,), 1e-20)
 unflushed = lambda: int(((x * 1e-20) != 0).sum())  # 1e-40 is a denormal float32 unless flushed
@@ -33,7 +33,7 @@ else:
 
 ADAM = """
 import sys, torch
-from locfedmix.engines.denormals import denormals_flushed
+from locfedmix.engines.backends.denormals import denormals_flushed
 w = torch.nn.Parameter(torch.linspace(0.5, 2.0, 1000))
 opt = torch.optim.Adam([w], lr=1e-3)
 with denormals_flushed(sys.argv[1] == "flush"):
@@ -78,5 +78,29 @@ def test_a_run_flushes_while_it_trains_unless_told_not_to(monkeypatch, flush):
     monkeypatch.setattr(api, "train_rounds", lambda *args: (seen.append(flushing()), train_rounds(*args))[1])
     tiny = {"algorithm": "psl", "dataset": "synthetic", "n_clients": 2, "samples_per_client": 8, "rounds": 1,
             "batch_size": 4, "engine": {"flush_denormals": flush}}
-    api.run(validate(tiny), progress=False)
+    api.run(validate(tiny), progress=False, tune_process=True)
     assert seen == [flush] and not flushing()
+
+
+def test_a_library_call_leaves_the_floating_point_mode_alone(monkeypatch):
+    """Without tune_process, `run` trains in the mode its caller's process has: not flushing."""
+    seen = []
+    train_rounds = api.train_rounds
+    monkeypatch.setattr(api, "train_rounds", lambda *args: (seen.append(flushing()), train_rounds(*args))[1])
+    tiny = {"algorithm": "psl", "dataset": "synthetic", "n_clients": 2, "samples_per_client": 8, "rounds": 1,
+            "batch_size": 4, "engine": {"flush_denormals": True}}
+    api.run(validate(tiny), progress=False)
+    assert seen == [False]
+
+
+def test_the_command_line_flushes_while_it_trains(monkeypatch, tmp_path):
+    from locfedmix.cli import main
+
+    seen = []
+    train_rounds = api.train_rounds
+    monkeypatch.setattr(api, "train_rounds", lambda *args: (seen.append(flushing()), train_rounds(*args))[1])
+    config = tmp_path / "tiny.toml"
+    config.write_text('algorithm = "psl"\ndataset = "synthetic"\nn_clients = 2\nsamples_per_client = 8\nrounds = 1\n'
+                      'batch_size = 4\n')
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert seen == [True] and not flushing()

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.algorithms.parts import FedAvg
 from locfedmix.config import validate
-from locfedmix.engines.distributed import join, local_gpu, pin_to_loopback
+from locfedmix.engines.transports.distributed import join, local_gpu, pin_to_loopback
 from locfedmix.errors import UserError
 
 RUN = ["-m", "locfedmix", "run", "--no-progress"]
@@ -279,7 +279,7 @@ def test_pinning_leaves_multi_machine_runs_and_user_choices_alone(monkeypatch, w
 LEAVE = """
 import os
 from locfedmix.config import validate
-from locfedmix.engines.distributed import join, leave
+from locfedmix.engines.transports.distributed import join, leave
 join(validate({"algorithm": "psl", "dataset": "digits", "rounds": 1, "batch_size": 4, "n_clients": 1,
                "engine": {"distributed": True}}), __import__("torch").device("cpu"))
 import torch.distributed.nn.functional  # torch imports it lazily during a run; its defaults capture the group

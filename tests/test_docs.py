@@ -16,7 +16,7 @@ from locfedmix import ALGORITHMS, Algorithm, UserError, register
 from locfedmix.algorithms.parts import Parallel
 
 ROOT = Path(__file__).parent.parent
-PAGES = ["add-an-algorithm.md", "api.md", "your-model-and-data.md"]
+PAGES = ["add-an-algorithm.md", "api.md", "your-model-and-data.md", "architecture.md"]
 SHELL_PAGES = ["quickstart.md", "configuration.md"]
 
 

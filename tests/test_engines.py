@@ -9,11 +9,11 @@ import torch
 from conftest import make_federation
 from locfedmix.algorithms.parts import ServerGradient
 from locfedmix.config import OptimizerConfig
-from locfedmix.engines.clients import LoopClients
-from locfedmix.engines.federation import data_step, train_round
-from locfedmix.engines.memory import ActivationBudget
-from locfedmix.engines.stacked_optim import StackedOptimizer
-from locfedmix.engines.vectorized import StackedModule, channels_last_maps
+from locfedmix.engines.backends.looped import LoopClients
+from locfedmix.engines.flow.round import data_step, train_round
+from locfedmix.engines.backends.memory import ActivationBudget
+from locfedmix.engines.backends.stacked_optim import StackedOptimizer
+from locfedmix.engines.backends.stacked import StackedModule, channels_last_maps
 
 ALGORITHMS = ["sl", "psl", "sfl", "sflv1", "sflv2", "locsplitfed", "locfedmix", "sglr", "mix2sfl"]
 # unequal shares: clients run out of batches at different steps and last batches differ in size
@@ -22,7 +22,7 @@ SIZES = [10, 6, 7]
 
 def trained(algorithm: str, engine: str, data, **overrides):
     """Two rounds on 3 clients; the loop keeps the stacked pool's contiguous layout unless told otherwise
-    (engines.clients.loop_layout)."""
+    (backends.looped.loop_layout)."""
     x, y = data
     overrides.setdefault("engine__layout", "contiguous")
     fed = make_federation(algorithm, sizes=SIZES, n_clients=3, engine__kind=engine, **overrides)
@@ -204,7 +204,7 @@ def test_resnet_with_batchnorm_equals_the_loop():
     stacked, _ = trained("sfl", "vectorized", (x, y), model="resnet", algo__sync_every=100)
     for i in range(3):
         for a, b in zip(loop.clients.lower(i).state_dict().values(), stacked.clients.lower(i).state_dict().values()):
-            # the stacked stem sums in another order (engines.stacked_layers.PatchConv2d); dividing by the small
+            # the stacked stem sums in another order (backends.stacked_layers.PatchConv2d); dividing by the small
             # batch's standard deviation, BatchNorm scales that rounding up a little
             torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 
@@ -255,8 +255,8 @@ def test_the_loop_runs_conv_lowers_channels_last_on_the_cpu_with_the_same_step(d
 def test_the_finite_check_passes_large_values_and_names_the_client_of_an_infinity():
     """One double-precision sum stands for every value: float32 values near the top of the range, whose float32
     sum overflows, pass; an infinity anywhere is found and named."""
-    from locfedmix.engines.clients import Smashed
-    from locfedmix.engines.step import check_finite
+    from locfedmix.engines.flow.interfaces import Smashed
+    from locfedmix.engines.flow.step import check_finite
     from locfedmix.errors import NumericalError
 
     big = torch.full((1, 2, 3), 3e38)
@@ -273,7 +273,7 @@ def test_the_finite_check_passes_large_values_and_names_the_client_of_an_infinit
 def test_a_loop_clients_rows_are_views_whose_backward_copies_nothing():
     """The loop's one-client groups hand out rows by squeezing: the backward to the group is a view, not a
     zero-filled gradient with the row copied in."""
-    from locfedmix.engines.clients import rows
+    from locfedmix.engines.flow.interfaces import rows
 
     out = torch.randn(1, 4, 3, requires_grad=True)
     ((i, row),) = rows([7], out)

@@ -11,7 +11,7 @@ from locfedmix.config import validate
 
 BLOCK_AFTER_FREE = """
 import ctypes, sys, torch
-from locfedmix.engines.host_memory import keep_freed_host_memory
+from locfedmix.engines.backends.host_memory import keep_freed_host_memory
 if sys.argv[1] == "keep":
     assert keep_freed_host_memory()
 class MallInfo2(ctypes.Structure):
@@ -50,6 +50,15 @@ def test_the_run_applies_the_setting_unless_told_not_to(monkeypatch):
     monkeypatch.setattr(api, "keep_freed_host_memory", lambda: calls.append(1))
     tiny = {"algorithm": "psl", "dataset": "synthetic", "n_clients": 2, "samples_per_client": 8, "rounds": 1,
             "batch_size": 4}
-    api.run(validate(tiny), progress=False)
-    api.run(validate({**tiny, "engine": {"keep_host_memory": False}}), progress=False)
+    api.run(validate(tiny), progress=False, tune_process=True)
+    api.run(validate({**tiny, "engine": {"keep_host_memory": False}}), progress=False, tune_process=True)
     assert calls == [1]
+
+
+def test_a_library_call_leaves_the_allocator_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(api, "keep_freed_host_memory", lambda: calls.append(1))
+    tiny = {"algorithm": "psl", "dataset": "synthetic", "n_clients": 2, "samples_per_client": 8, "rounds": 1,
+            "batch_size": 4, "engine": {"keep_host_memory": True}}
+    api.run(validate(tiny), progress=False)
+    assert calls == []

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_config, make_federation
 from locfedmix.cli import main
-from locfedmix.engines.federation import data_step, train_round
+from locfedmix.engines.flow.round import data_step, train_round
 from locfedmix.latency.flops import SampleFlops, count_flops
 from locfedmix.latency.ledger import Direction, Kind, Message
 from locfedmix.latency.model import Profile, step_phases, transfer_seconds

@@ -1,4 +1,4 @@
-"""Recomputing the clients' forward in backward (engines/memory.py) changes the memory a step holds, not its numbers."""
+"""Recomputing the clients' forward in backward (engines/backends/memory.py) changes the memory a step holds, not its numbers."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import make_federation
-from locfedmix.engines.memory import ActivationBudget, saved_bytes_per_sample
+from locfedmix.engines.backends.memory import ActivationBudget, saved_bytes_per_sample
 from test_engines import DEFENCES, same_models, trained
 
 FLOAT = 4

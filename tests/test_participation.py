@@ -11,8 +11,8 @@ import torch
 from conftest import make_federation
 from locfedmix.api import run
 from locfedmix.config import ParticipationConfig, validate
-from locfedmix.engines.federation import data_step, train_round
-from locfedmix.engines.participation import Participation
+from locfedmix.engines.flow.round import data_step, train_round
+from locfedmix.engines.flow.participation import Participation
 from locfedmix.evaluation import deployed_lower, relay_position
 from locfedmix.latency.ledger import Direction, Kind
 from locfedmix.latency.model import upload_arrivals

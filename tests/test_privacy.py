@@ -14,8 +14,8 @@ from torch import nn
 from conftest import INPUT_SHAPE, make_config, make_federation
 from locfedmix.api import federate, run
 from locfedmix.cli import main
-from locfedmix.engines.clients import Smashed
-from locfedmix.engines.federation import data_step, train_round
+from locfedmix.engines.flow.interfaces import Smashed
+from locfedmix.engines.flow.round import data_step, train_round
 from locfedmix.errors import UserError
 from locfedmix.privacy.dcor import bias_corrected_distance_correlation_sqr, distance_correlation
 from locfedmix.privacy.defences import Defence, clip_per_sample

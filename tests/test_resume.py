@@ -111,7 +111,7 @@ def test_a_non_finite_value_names_the_step_client_and_algorithm(tmp_path):
     import torch
 
     from conftest import make_federation
-    from locfedmix.engines.federation import data_step, train_round
+    from locfedmix.engines.flow.round import data_step, train_round
     from locfedmix.errors import NumericalError
 
     x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))

@@ -1,11 +1,11 @@
-"""The stacked pool's recomputed layers (engines.stacked_layers) give the written layers' values and gradients."""
+"""The stacked pool's recomputed layers (backends.stacked_layers) give the written layers' values and gradients."""
 
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from locfedmix.engines.stacked_layers import ChannelsLastMaxPool2d, TapSumConv2d, PatchConv2d, stacked_runner
+from locfedmix.engines.backends.stacked_layers import ChannelsLastMaxPool2d, TapSumConv2d, PatchConv2d, stacked_runner
 from locfedmix.models import build_decoder, build_split_model
 
 CLIENTS, BATCH = 3, 2

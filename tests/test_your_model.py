@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_golden import GOLDEN, golden_config
+from test_golden_models import GOLDEN, golden_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -21,12 +21,14 @@ from locfedmix.data.normalize import Standardization, standardize
 from locfedmix.data.streaming import StreamingSteps
 from locfedmix.data.user import data_path, load_named, to_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
-from locfedmix.engines.denormals import denormals_flushed
-from locfedmix.engines.device import resolve_device
-from locfedmix.engines.distributed import agree, is_primary, join, world_size
+from locfedmix.engines.backends.denormals import denormals_flushed
+from locfedmix.engines.backends.device import resolve_device
+from locfedmix.engines.transports.distributed import agree, is_primary, join, world_size
 from locfedmix.errors import NothingTrained, NumericalError, UserError
-from locfedmix.engines.federation import Federation, build_federation, data_step, steps_per_round, train_round
-from locfedmix.engines.host_memory import keep_freed_host_memory
+from locfedmix.engines.assemble import build_federation
+from locfedmix.engines.flow.round import data_step, steps_per_round, train_round
+from locfedmix.engines.flow.state import Federation
+from locfedmix.engines.backends.host_memory import keep_freed_host_memory
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
 from locfedmix.models import Model
@@ -207,16 +209,19 @@ def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: 
 
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
         label: str | None = None, resume: bool = False, model: Model | None = None, dataset: Any = None,
-        ) -> dict[str, Any]:
+        tune_process: bool = False) -> dict[str, Any]:
     """Train `config.rounds` rounds and return the summary; write the run directory if `out` (metrics.csv and
     events.jsonl gain a row, flushed, after every evaluation; a checkpoint every `checkpoint_every` rounds).
     `resume` continues the run in `out` from its last checkpoint and ends with the same numbers as an uninterrupted
     run. With leakage on, the smashed data are probed after the last round (or every round). `model` (a
-    locfedmix.Model) and `dataset` (data/sources.py) replace config.model and config.dataset with the caller's own."""
+    locfedmix.Model) and `dataset` (data/sources.py) replace config.model and config.dataset with the caller's own.
+    `tune_process` applies the process-wide settings the config's [engine] asks for (host memory kept, denormals
+    flushed while training); the CLI asks for them, a library call leaves its caller's process alone unless it
+    does."""
     if config.log.tensorboard and out is None:
         raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
-    if config.engine.keep_host_memory:
+    if tune_process and config.engine.keep_host_memory:
         keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
     data = federate(config, dataset)
@@ -234,7 +239,7 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
             state = {key: checkpoint.get(key, default) for key, default in state.items()}
         if writer:
             writer.begin(checkpoint, resume)
-        with denormals_flushed(config.engine.flush_denormals):
+        with denormals_flushed(tune_process and config.engine.flush_denormals):
             train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= privacy_summary(fed, config, state["leakage"]) | nothing_trained(state)

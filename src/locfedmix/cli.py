@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from locfedmix.algorithms.catalog import ALGORITHMS
-from locfedmix.engines.distributed import is_primary, leave, lost_peer, rank
+from locfedmix.engines.transports.distributed import is_primary, leave, lost_peer, rank
 from locfedmix.errors import NothingTrained, NumericalError, RunFault, UserError
 from locfedmix.files import folder_name
 
@@ -71,7 +71,8 @@ def _run(args: argparse.Namespace) -> None:
         if cell.note:
             _say(f"{cell.label}: {cell.note}")
         desc = f"[{k}/{len(cells)}] {cell.label}" if len(cells) > 1 else cell.label or None
-        summary = run(cell.config, out, overwrite=args.overwrite, progress=not args.no_progress, label=desc)
+        summary = run(cell.config, out, overwrite=args.overwrite, progress=not args.no_progress, label=desc,
+                      tune_process=True)
         _warn(summary)
         row = _result_row(cell.label or cell.config.algorithm, summary)
         results.append(row)
@@ -113,7 +114,7 @@ def _resume(args: argparse.Namespace) -> None:
         raise UserError("--resume continues a run with its own config.toml; drop --config and --set")
     directory = Path(args.resume)
     config = validate(read_toml(directory / "config.toml"))  # as written, whoever wrote it (the CLI or the API)
-    summary = run(config, directory, progress=not args.no_progress, resume=True)
+    summary = run(config, directory, progress=not args.no_progress, resume=True, tune_process=True)
     _warn(summary)
     row = _result_row(config.algorithm, summary)
     _say(f"{row[0]}: test accuracy {row[1]} after round {row[2]}; target {row[5]} → {directory}")

@@ -135,10 +135,10 @@ class EngineConfig(_Section):
     timeout_s: float = Field(300.0, gt=0, description="a collective waiting longer than this fails the run")
     keep_host_memory: bool = Field(
         True, description="keep freed host memory for the next step instead of returning it to the OS "
-                          "(glibc; engines/host_memory.py)")
+                          "(glibc; engines/backends/host_memory.py)")
     flush_denormals: bool = Field(
         True, description="while training, compute with floats below the smallest normal one as zero on the CPU, "
-                          "where they are many times slower (engines/denormals.py)")
+                          "where they are many times slower (engines/backends/denormals.py)")
 
 
 class ParticipationConfig(_Section):

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from locfedmix.algorithms.parts import Relay
-from locfedmix.engines.federation import Federation
+from locfedmix.engines.flow.state import Federation
 
 
 @torch.no_grad()
@@ -47,10 +46,10 @@ def deployed_models(fed: Federation) -> list[tuple[int, dict[str, torch.Tensor] 
     """(client whose lower model, weights replacing it or None, upper, weight) to evaluate: the relay's current
     model for sequential SL; the one model when all clients agree (after FedAvg); otherwise every client's own pair,
     weighted by its data size δ_i."""
-    if isinstance(fed.algo.sync, Relay):
+    if fed.recipe.relay:
         i, state = relay_position(fed)
         return [(i, state, fed.server.uppers[0], 1.0)]
-    if fed.clients.identical() and _identical(fed.server.uppers):
+    if fed.transport.identical(fed.clients) and _identical(fed.server.uppers):
         return [(0, None, fed.server.uppers[0], 1.0)]
     total = sum(fed.sizes)
     return [(i, None, fed.server.upper_of(i), n / total) for i, n in enumerate(fed.sizes)]
@@ -82,9 +81,9 @@ def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch
     bounds = shard_bounds([w for *_, w in pairs], len(y))
     sums = torch.zeros(2, dtype=torch.float64, device=x.device)  # Σ loss, Σ correct
     for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
-        if stop > start and fed.clients.owns(i):
+        if stop > start and fed.transport.owns(i):
             lower = deployed_lower(fed, i, state)
             shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size, upload)
             sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=x.device) * (stop - start)
-    loss, correct = fed.clients.reduce_sum(sums).tolist()
+    loss, correct = fed.transport.all_reduce(sums).tolist()
     return loss / len(y), correct / len(y)

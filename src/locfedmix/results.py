@@ -23,7 +23,7 @@ from locfedmix.logs import EventLog, TensorBoardLog
 from locfedmix.run_guard import check_same_experiment, experiment_record, open_run_folder
 
 if TYPE_CHECKING:
-    from locfedmix.engines.federation import Federation
+    from locfedmix.engines.flow.state import Federation
 
 METRIC_COLUMNS = [
     "round", "step", "algorithm", "n_clients", "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",

@@ -7,11 +7,12 @@ tensors are shape-only (PyTorch's meta device), so nothing is computed.
 import torch
 
 from locfedmix.algorithms.catalog import ALGORITHMS
-from locfedmix.algorithms.objectives import receives_server_gradient
 from locfedmix.algorithms.schedule import StepPlan
 from locfedmix.config import AlgoSwitches, Config
-from locfedmix.engines.federation import Federation, build_federation, train_round
-from locfedmix.engines.step import record_step
+from locfedmix.engines.assemble import build_federation
+from locfedmix.engines.flow.round import train_round
+from locfedmix.engines.flow.state import Federation
+from locfedmix.engines.flow.step import record_step
 from locfedmix.latency.ledger import Direction
 from locfedmix.latency.model import PHASES
 
@@ -20,7 +21,7 @@ def dry_step(fed: Federation, plan: StepPlan) -> float:
     """Charge a planned step's messages to the ledger with shape-only tensors of the real sizes."""
     uploads = {i: torch.empty(len(idx), *fed.cut_shape, device="meta") for i, idx in plan.items()}
     labels = {i: torch.empty(len(idx), dtype=torch.int64, device="meta") for i, idx in plan.items()}
-    record_step(fed.ledger, uploads, labels, uploads if receives_server_gradient(fed.algo.objective) else {})
+    record_step(fed.ledger, uploads, labels, uploads if fed.recipe.sends_gradient else {})
     return float("nan")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from locfedmix.engines.clients import Smashed
+from locfedmix.engines.flow.interfaces import Smashed
 from locfedmix.rng import torch_generator
 
 

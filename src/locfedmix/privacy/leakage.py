@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from locfedmix.algorithms.parts import Relay
 from locfedmix.config import LeakageConfig
 from locfedmix.data.normalize import Standardization
-from locfedmix.engines.federation import Federation
+from locfedmix.engines.flow.state import Federation
 from locfedmix.errors import UserError
 from locfedmix.models import build_decoder
 from locfedmix.privacy.dcor import bias_corrected_distance_correlation_sqr, distance_correlation
@@ -49,7 +48,7 @@ def auxiliary_split(n_train: int, client_indices: list[np.ndarray], size: int, r
 
 def client_lowers(fed: Federation) -> list[nn.Module]:
     """The lower model each client would upload with next: its own, or under the relay the one last trained."""
-    if isinstance(fed.algo.sync, Relay):
+    if fed.recipe.relay:
         holder = fed.holder if fed.holder is not None else 0
         return [fed.clients.lower(holder)] * fed.clients.n
     return [fed.clients.lower(i) for i in range(fed.clients.n)]

@@ -1,5 +1,6 @@
 """Model exchanges between the clients and the server — sequential SL's relay hand-off and FedAvg — with what each
-puts on the ledger and the clock when clients are sampled, fail or fall behind (issue #7).
+puts on the ledger and the clock when clients are sampled, fail or fall behind (issue #7). The weights travel
+through the run's transport.
 
 Accounting rule: the ledger counts what is really sent. A client that reports to FedAvg uploads its model and
 downloads the average at the sync. A client that does not report (it was not sampled, failed or was late) sends
@@ -8,18 +9,12 @@ into every client's row at once — a client that is away does no work until it 
 same — and evaluation therefore sees the one global model.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
 from locfedmix.algorithms.fedavg import federated_average
 from locfedmix.algorithms.parts import FedAvg
 from locfedmix.algorithms.schedule import StepPlan
+from locfedmix.engines.flow.state import Federation
 from locfedmix.latency.ledger import Direction, Kind
 from locfedmix.latency.model import sync_phases
-
-if TYPE_CHECKING:
-    from locfedmix.engines.federation import Federation
 
 
 def _close_exchange(fed: Federation) -> None:
@@ -35,10 +30,11 @@ def hand_off(fed: Federation, to: int) -> None:
     if fed.holder == to:
         return
     if fed.holder is not None:
-        fed.relay_model = fed.clients.lower_state(fed.holder)
+        fed.relay_model = fed.transport.broadcast_lower(fed.clients, fed.holder)
         fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
     if fed.relay_model is not None:
-        fed.clients.load_lower(to, fed.relay_model)
+        if fed.transport.owns(to):
+            fed.clients.load_lower(to, fed.relay_model)
         fed.ledger.send(to, Kind.LOWER, Direction.DOWN, fed.model_bytes[Kind.LOWER])
     _close_exchange(fed)
     fed.holder = to
@@ -60,7 +56,7 @@ def catch_up(fed: Federation, plan: StepPlan) -> None:
     due = sorted(i for i in plan if i in fed.stale)
     if not due:
         return
-    for kind in exchanged_kinds(fed, fed.algo.sync):
+    for kind in exchanged_kinds(fed, fed.recipe.fedavg):
         for i in due:
             fed.ledger.send(i, kind, Direction.DOWN, fed.model_bytes[kind])
     fed.stale.difference_update(due)
@@ -76,7 +72,7 @@ def synchronize(fed: Federation, sync: FedAvg, reporters: list[int]) -> None:
     delta = fed.weights(reporters)
     weights = [delta.get(i, 0.0) for i in range(fed.clients.n)]
     kinds = exchanged_kinds(fed, sync)
-    fed.clients.average(weights, Kind.HEAD in kinds)
+    fed.transport.average(fed.clients, weights, Kind.HEAD in kinds)
     for kind in kinds:
         for i in reporters:
             fed.ledger.send(i, kind, Direction.UP, fed.model_bytes[kind])

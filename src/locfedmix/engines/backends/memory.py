@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-Batches = dict[int, tuple[torch.Tensor, torch.Tensor]]  # as engines.clients.Batches (which imports this module)
+from locfedmix.engines.flow.interfaces import Batches
 
 
 def saved_bytes_per_sample(module: nn.Module, x: torch.Tensor) -> float:

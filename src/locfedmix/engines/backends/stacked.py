@@ -8,17 +8,18 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from locfedmix.algorithms.objectives import client_loss
-from locfedmix.algorithms.parts import ClientObjective, Reconstruction
+from locfedmix.algorithms.parts import ClientObjective
 from locfedmix.config import OptimizerConfig
-from locfedmix.engines.clients import Batches, InProcess, Smashed
-from locfedmix.engines.memory import ActivationBudget, run_forward
-from locfedmix.engines.stacked_layers import stacked_runner
-from locfedmix.engines.stacked_optim import StackedOptimizer
+from locfedmix.engines.backends.memory import ActivationBudget, run_forward
+from locfedmix.engines.backends.pool import Pool
+from locfedmix.engines.backends.stacked_layers import stacked_runner
+from locfedmix.engines.backends.stacked_optim import StackedOptimizer
+from locfedmix.engines.flow.interfaces import Batches
 
 
 class StackedModule:
     """One module's parameters and buffers for N clients, stacked [N, ...]; `template` only lends the structure,
-    which the clients' forward runs in the form fastest under vmap (engines.stacked_layers)."""
+    which the clients' forward runs in the form fastest under vmap (backends/stacked_layers.py)."""
 
     def __init__(self, template: nn.Module, n: int):
         stack = lambda t: t.detach().unsqueeze(0).repeat(n, *[1] * t.dim()).clone()
@@ -75,7 +76,7 @@ class StackedModule:
         self.lent.clear()
 
     def __call__(self, ids: list[int], x: torch.Tensor, recompute: bool = False) -> torch.Tensor:
-        """The clients' forward; with `recompute`, its activations are recomputed in backward (engines.memory)."""
+        """The clients' forward; with `recompute`, its activations are recomputed in backward (backends/memory.py)."""
         params, buffers = self.rows(ids)
         out = run_forward(self.run, params, buffers, x, recompute=recompute)
         if buffers and ids != list(range(ids[0], ids[-1] + 1)):  # BatchNorm statistics updated on a gathered copy
@@ -120,12 +121,14 @@ def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-class StackedClients(InProcess):
-    """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients."""
+class StackedClients(Pool):
+    """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients.
+    `decoder`: the head reconstructs the input, and gets its maps channels-last (`channels_last_maps`)."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int,
-                 budget: ActivationBudget):
-        self.n, self.has_head, self.chunk, self.budget = n, head is not None, chunk, budget
+                 budget: ActivationBudget, decoder: bool = False, first: int = 0, total: int | None = None):
+        super().__init__(n, first, total, head is not None)
+        self.chunk, self.budget, self.decoder = chunk, budget, decoder
         self.lowers = StackedModule(lower, n)
         self.heads = StackedModule(head, n) if head is not None else None
         params = list(self.lowers.params.values()) + (list(self.heads.params.values()) if self.heads else [])
@@ -144,19 +147,18 @@ class StackedClients(InProcess):
             groups += [ids[k:k + chunk] for k in range(0, len(ids), chunk)]
         return groups
 
-    def forward(self, batches: Batches) -> Smashed:
+    def _forward(self, batches: Batches) -> list[tuple[list[int], torch.Tensor]]:
         for stack in self._stacks():
             stack.lent.clear()  # rows lent to a forward whose backward never came
         groups = self._groups(batches)
         recompute = self.budget.plan(batches, groups)
         stacked = [(ids, torch.stack([batches[i][0] for i in ids])) for ids in groups]
-        # Uploads in the standard layout: the lower model may end channels-last (engines.stacked_layers), and the
-        # server's elementwise work (SmashMix, the cut gradients) took up to 15x longer on such maps on the CPU.
-        return Smashed([(ids, self.lowers(ids, x, recompute=again).contiguous())
-                        for (ids, x), again in zip(stacked, recompute)])
+        # Uploads in the standard layout: the lower model may end channels-last (backends/stacked_layers.py), and
+        # the server's elementwise work (SmashMix, the cut gradients) took up to 15x longer on such maps on the CPU.
+        return [(ids, self.lowers(ids, x, recompute=again).contiguous()) for (ids, x), again in zip(stacked, recompute)]
 
-    def _local_losses(self, objective: ClientObjective, ids: list[int], out: torch.Tensor,
-                      batches: Batches, nopeek: float) -> torch.Tensor | None:
+    def _local_losses(self, objective: ClientObjective, ids: list[int], raw: torch.Tensor, batches: Batches,
+                      nopeek: float) -> torch.Tensor | None:
         """Σ over the group of each client's local loss (separate weights, so the sum keeps them apart)."""
         if self.heads is None and not nopeek:
             return None
@@ -169,39 +171,25 @@ class StackedClients(InProcess):
 
         x = torch.stack([batches[i][0] for i in ids])
         y = torch.stack([batches[i][1] for i in ids])
-        maps = channels_last_maps(out) if isinstance(objective, Reconstruction) else out
+        maps = channels_last_maps(raw) if self.decoder else raw
         return vmap(one_client, randomness="different")(params, buffers, maps, x, y).sum()
 
-    def backward_and_step(self, objective: ClientObjective, smashed: Smashed,
-                          cut_grads: dict[int, torch.Tensor], batches: Batches, nopeek: float = 0.0) -> None:
-        """Back-propagate group by group, so that only one group's head graph (and recomputed forward) is alive."""
-        for (ids, out), raw in zip(smashed.groups, smashed.raw_groups()):
-            roots, grads = [], []
-            if ids[0] in cut_grads:
-                roots.append(out)
-                grads.append(torch.stack([cut_grads[i] for i in ids]))
-            local = self._local_losses(objective, ids, raw, batches, nopeek)
-            if local is not None:
-                roots.append(local)
-                grads.append(torch.ones_like(local))
-            if roots:
-                torch.autograd.backward(roots, grads)
+    def _step(self, clients: list[int]) -> None:
         for stack in self._stacks():
             stack.take_grads()
-        stepped = sorted(i for ids, _ in smashed.groups for i in ids)
-        self.optimizer.step(torch.tensor(stepped, device=self.lowers.device))
+        self.optimizer.step(torch.tensor(clients, device=self.lowers.device))
 
     def _stacks(self) -> list[StackedModule]:
         return [self.lowers] + ([self.heads] if self.heads else [])
 
     def lower(self, i: int) -> nn.Module:
-        return self.lowers.module(i)
+        return self.lowers.module(i - self.first)
 
     def head(self, i: int) -> nn.Module | None:
-        return self.heads.module(i) if self.heads else None
+        return self.heads.module(i - self.first) if self.heads else None
 
     def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
-        self.lowers.set_rows(state, i)
+        self.lowers.set_rows(state, i - self.first)
 
     def assign(self, lower: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> None:
         """Every client takes these weights (the broadcast half of a FedAvg computed elsewhere)."""

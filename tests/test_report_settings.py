@@ -7,23 +7,9 @@ import pytest
 
 from locfedmix.cli import main
 from locfedmix.report import build
+from test_report import CONFIG as REPORT_CONFIG
 
-CONFIG = """
-algorithm = "psl"
-dataset = "synthetic"
-partition = "pathological"
-n_clients = 3
-samples_per_client = 30
-rounds = 2
-batch_size = 10
-seed = 4
-[data]
-num_classes_per_partition = 2
-[latency]
-target_accuracy = 0.6
-[sweep]
-algorithm = ["psl", "locfedmix"]
-"""
+CONFIG = REPORT_CONFIG.replace("[sweep]", "[latency]\ntarget_accuracy = 0.6\n[sweep]")  # test_report's sweep
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny federations built straight from a Config, on generated tensors."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -44,3 +46,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def interrupted_in_round(monkeypatch, round_index: int):
+    """The run inside the block is interrupted (KeyboardInterrupt) when it starts round `round_index`, after the
+    checkpoints of the rounds before; the block must end that way. The real round is put back afterwards."""
+    from locfedmix import api
+
+    real = api.train_round
+
+    def interrupted(fed, indices, batch_size, r, *args, **kwargs):
+        if r == round_index:
+            raise KeyboardInterrupt
+        return real(fed, indices, batch_size, r, *args, **kwargs)
+
+    monkeypatch.setattr(api, "train_round", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(api, "train_round", real)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import INPUT_SHAPE, make_config, make_federation
+from conftest import INPUT_SHAPE, interrupted_in_round, make_config, make_federation
 from locfedmix.api import federate, run
 from locfedmix.cli import main
 from locfedmix.engines.flow.interfaces import Smashed
@@ -341,22 +341,12 @@ def test_privacy_mistakes_end_in_one_line_and_exit_code_2(tmp_path, capsys, sett
 
 
 def test_a_resumed_run_ends_with_the_leakage_history_of_an_uninterrupted_one(tmp_path, monkeypatch):
-    import locfedmix.api as api
     from locfedmix.config import validate
 
     config = validate({**BASE, "algorithm": "locfedmix", "checkpoint_every": 1,
                        "privacy": {"clip": 1.0, "noise_multiplier": 0.1}, "leakage": {**LEAKAGE, "every_round": True}})
     whole = run(config, tmp_path / "whole", progress=False)
-    real = api.train_round
-
-    def killed_in_round_2(fed, indices, batch_size, round_index, *args, **kwargs):
-        if round_index == 2:
-            raise KeyboardInterrupt
-        return real(fed, indices, batch_size, round_index, *args, **kwargs)
-
-    monkeypatch.setattr(api, "train_round", killed_in_round_2)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_round(monkeypatch, 2):
         run(config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(api, "train_round", real)
     resumed = run(config, tmp_path / "cut", progress=False, resume=True)
     assert resumed["leakage"] == whole["leakage"] and resumed["final"] == whole["final"]

@@ -11,6 +11,7 @@ from PIL import Image
 
 from torch import nn
 
+from conftest import interrupted_in_round
 from locfedmix import Model, UserError, run, validate
 from locfedmix.data.sources import read_labels
 from locfedmix.data.user import to_dataset
@@ -173,24 +174,13 @@ def test_data_over_the_memory_budget_are_streamed_with_the_in_memory_metrics(alg
 
 
 def test_a_run_with_your_model_and_streamed_data_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
-    from locfedmix import api
-
     data = (Images(40, 0), Images(12, 1))
     model = Model(lambda shape, n: [nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, n)], cut=2)
     config = validate({"algorithm": "sfl", "dataset": "synthetic", "n_clients": 3, "rounds": 3, "batch_size": 4,
                        "seed": 8, "data": {"memory_mb": 0.01, "workers": 0}})
     run(config, tmp_path / "whole", progress=False, dataset=data, model=model)
-    real_round = api.train_round
-
-    def interrupted(fed, indices, batch_size, round_index, *args, **kwargs):
-        if round_index == 3:
-            raise KeyboardInterrupt
-        return real_round(fed, indices, batch_size, round_index, *args, **kwargs)
-
-    monkeypatch.setattr(api, "train_round", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_round(monkeypatch, 3):
         run(config, tmp_path / "resumed", progress=False, dataset=data, model=model)
-    monkeypatch.setattr(api, "train_round", real_round)
     summary = run(config, tmp_path / "resumed", progress=False, dataset=data, model=model, resume=True)
     assert summary["data"] == "streaming"
     assert (tmp_path / "resumed" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()

@@ -1,6 +1,5 @@
 """The one-call API: `run(config)` trains one algorithm on one federation and returns its summary."""
 
-import math
 import resource
 import time
 import warnings
@@ -12,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from locfedmix import registry
 from locfedmix.config import Config
@@ -26,7 +24,7 @@ from locfedmix.engines.backends.device import resolve_device
 from locfedmix.engines.transports.distributed import agree, is_primary, join, world_size
 from locfedmix.errors import NothingTrained, NumericalError, UserError
 from locfedmix.engines.assemble import build_federation
-from locfedmix.engines.flow.round import data_step, steps_per_round, train_round
+from locfedmix.engines.flow.round import data_step
 from locfedmix.engines.flow.state import Federation
 from locfedmix.engines.backends.host_memory import keep_freed_host_memory
 from locfedmix.evaluation import evaluate_federation
@@ -35,6 +33,7 @@ from locfedmix.models import Model
 from locfedmix.privacy.leakage import THREAT_MODEL, LeakageProbe, auxiliary_split
 from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
+from locfedmix.rounds import Workload, train_rounds
 from locfedmix.selection import validation_selected
 
 
@@ -161,50 +160,27 @@ def privacy_summary(fed: Federation, config: Config, leaks: list[dict[str, Any]]
     return out
 
 
-def progress_note(round_index: int, rounds: int, train_loss: float, rows: list[dict[str, Any]]) -> str:
-    """The progress bar's text after a round: the round, its training loss and the last test accuracy."""
-    accuracy = f"{rows[-1]['test_accuracy']:.3f}" if rows else "-"
-    return f"round {round_index}/{rounds}, loss {train_loss:.3f}, test acc {accuracy}"
-
-
-def train_rounds(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
-                 state: dict[str, Any], progress: bool, label: str | None, checkpoints: bool) -> None:
-    """Rounds `state["round"] + 1` .. `config.rounds`, evaluating after every `eval.every` rounds (each row appended,
-    flushed, to the run directory's logs), probing leakage when `[leakage]` says so and, if `checkpoints`,
-    checkpointing every `checkpoint_every` rounds; `state` (round, rows, train_seconds, leakage, trained_rounds) is
-    updated in place and is exactly what a checkpoint holds besides the federation. In a distributed run every rank gathers the
-    checkpoint; only rank 0 has `run_dir` and writes."""
+def local_workload(fed: Federation, data: FederatedData, config: Config, run_dir: RunDirectory | None,
+                   state: dict[str, Any]) -> Workload:
+    """The rounds on this process's training tensors (read per step when they stream), evaluated on its validation
+    and test sets, with the leakage probe after the rounds `[leakage]` names (its numbers into state["leakage"])."""
     ds = data.dataset
-    probe = (LeakageProbe(fed, ds.x_train, ds.y_train, data.client_indices, data.aux_indices, config.leakage,
-                          data.standardization)
-             if config.leakage.enabled else None)
     streaming = data_path(ds) == "streaming"
     execute = (StreamingSteps(ds.x_train, ds.y_train, config.data.workers, fed.server.device, data_step) if streaming
                else data_step(ds.x_train, ds.y_train))
-    per_round = steps_per_round(fed, data.client_indices, config.batch_size)
-    with tqdm(total=config.rounds * per_round, initial=state["round"] * per_round, desc=label or config.algorithm,
-              disable=None if progress else True, leave=False, unit="step") as bar:
-        bar.set_postfix_str(f"round {state['round'] + 1}/{config.rounds}", refresh=False)
-        for r in range(state["round"] + 1, config.rounds + 1):
-            tick = time.perf_counter()
-            if streaming:
-                execute.begin_round(fed, data.client_indices, config.batch_size, r)
-            train_loss = train_round(fed, data.client_indices, config.batch_size, r, execute, on_step=bar.update)
-            bar.update(r * per_round - bar.n)  # sampled or dropped clients can make a round shorter
-            state["train_seconds"] += time.perf_counter() - tick
-            state["round"] = r
-            state["trained_rounds"] += math.isfinite(train_loss)  # a round with no step served has a NaN loss
-            if r % config.eval.every == 0 or r == config.rounds:
-                state["rows"].append(evaluate_row(fed, data, config, r, train_loss))
-                if run_dir:
-                    run_dir.append(state["rows"][-1])
-            bar.set_postfix_str(progress_note(r, config.rounds, train_loss, state["rows"]))
-            if probe and (config.leakage.every_round or r == config.rounds):
+    work = Workload(data.client_indices, execute, lambda f, r, loss: evaluate_row(f, data, config, r, loss))
+    if streaming:
+        work.begin_round = lambda f, r: execute.begin_round(f, data.client_indices, config.batch_size, r)
+    if config.leakage.enabled:
+        probe = LeakageProbe(fed, ds.x_train, ds.y_train, data.client_indices, data.aux_indices, config.leakage,
+                             data.standardization)
+
+        def after_round(f: Federation, r: int) -> None:
+            if config.leakage.every_round or r == config.rounds:
                 state["leakage"].append(measure_leakage(probe, r, run_dir))
-            if checkpoints and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
-                checkpoint = {**state, "federation": fed.state_dict()}
-                if run_dir:
-                    run_dir.save_checkpoint(checkpoint)
+
+        work.after_round = after_round
+    return work
 
 
 def run(config: Config, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
@@ -240,7 +216,8 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
         if writer:
             writer.begin(checkpoint, resume)
         with denormals_flushed(tune_process and config.engine.flush_denormals):
-            train_rounds(fed, data, config, writer, state, progress and is_primary(), label, out is not None)
+            train_rounds(fed, local_workload(fed, data, config, writer, state), config, writer, state,
+                         progress and is_primary(), label, out is not None)
         summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= privacy_summary(fed, config, state["leakage"]) | nothing_trained(state)
         summary["data"] = data_path(ds)

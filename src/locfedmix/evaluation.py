@@ -70,20 +70,36 @@ def shard_bounds(weights: list[float], n: int) -> list[int]:
     return [int(round(c * n)) for c in cumulative]
 
 
+ShardScorer = Callable[[int, "dict[str, torch.Tensor] | None", nn.Module, int, int], tuple[float, float]]
+
+
 def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                         purpose: str = "evaluation") -> tuple[float, float]:
-    """(loss, accuracy) of the deployed models. Where clients hold different models, client i is scored on its own
-    shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
-    pass instead of N. In a distributed run each rank scores the clients it owns and the sums are all-reduced. A
-    defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
-    pairs = deployed_models(fed)
+    """(loss, accuracy) of the deployed models on (x, y), every model's lower half run here (see `score_deployed`).
+    A defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
     upload = fed.defence.inference(purpose, fed.step)
-    bounds = shard_bounds([w for *_, w in pairs], len(y))
-    sums = torch.zeros(2, dtype=torch.float64, device=x.device)  # Σ loss, Σ correct
+
+    def score(i: int, state: dict[str, torch.Tensor] | None, upper: nn.Module, start: int,
+              stop: int) -> tuple[float, float]:
+        return evaluate(deployed_lower(fed, i, state), upper, x[start:stop], y[start:stop], batch_size, upload)
+
+    return score_deployed(fed, len(y), score, x.device)
+
+
+def score_deployed(fed: Federation, n: int, score: ShardScorer,
+                   device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """(loss, accuracy) over n evaluation samples of the deployed models. Where clients hold different models,
+    client i is scored on its own shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of
+    Σ δ_i acc_i at the cost of one pass instead of N. `score(i, state, upper, start, stop)` gives the mean loss and
+    accuracy of client i's lower model (or `state` in its place) under `upper` on rows start..stop; it runs where
+    the lower model is (here, or on the client's own machine in a deployment). In a distributed run each rank
+    scores the clients it owns and the sums are all-reduced."""
+    pairs = deployed_models(fed)
+    bounds = shard_bounds([w for *_, w in pairs], n)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ loss, Σ correct
     for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
         if stop > start and fed.transport.owns(i):
-            lower = deployed_lower(fed, i, state)
-            shard_loss, shard_acc = evaluate(lower, upper, x[start:stop], y[start:stop], batch_size, upload)
-            sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=x.device) * (stop - start)
+            shard_loss, shard_acc = score(i, state, upper, start, stop)
+            sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=device) * (stop - start)
     loss, correct = fed.transport.all_reduce(sums).tolist()
-    return loss / len(y), correct / len(y)
+    return loss / n, correct / n

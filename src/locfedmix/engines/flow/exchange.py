@@ -33,8 +33,7 @@ def hand_off(fed: Federation, to: int) -> None:
         fed.relay_model = fed.transport.broadcast_lower(fed.clients, fed.holder)
         fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
     if fed.relay_model is not None:
-        if fed.transport.owns(to):
-            fed.clients.load_lower(to, fed.relay_model)
+        fed.transport.deliver_lower(fed.clients, to, fed.relay_model)
         fed.ledger.send(to, Kind.LOWER, Direction.DOWN, fed.model_bytes[Kind.LOWER])
     _close_exchange(fed)
     fed.holder = to

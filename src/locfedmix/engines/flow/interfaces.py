@@ -81,7 +81,7 @@ class Transport(Protocol):
     """How messages travel. The server side needs only what `upload` delivers (every upload of the step, with the
     labels) and the weights;
     the clients only what `download` delivers (their cut gradients); FedAvg and the relay move weights through
-    `average` and `broadcast_lower`; `all_reduce` sums evaluation results over processes."""
+    `average`, `broadcast_lower` and `deliver_lower`; `all_reduce` sums evaluation results over processes."""
 
     def owns(self, i: int) -> bool: ...
 
@@ -92,6 +92,8 @@ class Transport(Protocol):
     def download(self, cut_grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]: ...
 
     def broadcast_lower(self, pool: ClientPool, i: int) -> Weights: ...
+
+    def deliver_lower(self, pool: ClientPool, i: int, weights: Weights) -> None: ...
 
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None: ...
 

@@ -54,6 +54,11 @@ class Collectives:
         dist.broadcast(flat, src=self.shard.owner(i))
         return unflat_state(flat, like)
 
+    def deliver_lower(self, pool: ClientPool, i: int, weights: Weights) -> None:
+        """Every rank holds the relay's model; the rank owning client i loads it."""
+        if self.owns(i):
+            pool.load_lower(i, weights)
+
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None:
         """FedAvg: each rank averages its clients (δ-weighted), scales by its share of the total weight, and an
         all-reduce sums the shares into the global average that every client then takes."""

@@ -23,6 +23,9 @@ class InProcess:
         """A copy of client i's lower weights, as it would send them."""
         return {k: v.detach().clone() for k, v in pool.lower(i).state_dict().items()}
 
+    def deliver_lower(self, pool: ClientPool, i: int, weights: Weights) -> None:
+        pool.load_lower(i, weights)
+
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None:
         pool.average(weights, heads)
 

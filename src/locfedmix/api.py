@@ -99,33 +99,46 @@ def evaluate_row(fed: Federation, data: FederatedData, config: Config, round_ind
                  train_loss: float) -> dict[str, Any]:
     """One metrics.csv row: validation and test metrics of the deployed models, cumulative bytes and simulated time."""
     ds, batch = data.dataset, config.eval.batch_size
-    val_loss = val_acc = float("nan")
+    validation = (float("nan"), float("nan"))
     if len(data.val_indices):
-        val_loss, val_acc = evaluate_federation(fed, ds.x_train[data.val_indices], ds.y_train[data.val_indices], batch,
-                                                "validation")
-    test_loss, test_acc = evaluate_federation(fed, ds.x_test[data.test_order], ds.y_test[data.test_order], batch,
-                                              "test")
+        validation = evaluate_federation(fed, ds.x_train[data.val_indices], ds.y_train[data.val_indices], batch,
+                                         "validation")
+    test = evaluate_federation(fed, ds.x_test[data.test_order], ds.y_test[data.test_order], batch, "test")
+    return metrics_row(fed, config, round_index, train_loss, validation, test)
+
+
+def metrics_row(fed: Federation, config: Config, round_index: int, train_loss: float,
+                validation: tuple[float, float], test: tuple[float, float]) -> dict[str, Any]:
+    """A metrics.csv row from the round's validation and test (loss, accuracy), with the ledger and the clock."""
     return dict(round=round_index, step=fed.step, algorithm=config.algorithm, n_clients=config.n_clients,
-                train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, test_loss=test_loss,
-                test_accuracy=test_acc, bytes_up=fed.ledger.total(Direction.UP),
+                train_loss=train_loss, val_loss=validation[0], val_accuracy=validation[1], test_loss=test[0],
+                test_accuracy=test[1], bytes_up=fed.ledger.total(Direction.UP),
                 bytes_down=fed.ledger.total(Direction.DOWN), simulated_seconds=fed.clock.seconds)
 
 
 def summarize(fed: Federation, data: FederatedData, config: Config, rows: list[dict[str, Any]],
               wall_seconds: float, train_seconds: float) -> dict[str, Any]:
+    return run_summary(fed, config, rows, wall_seconds, train_seconds) | {
+        "normalization": data.standardization.summary() if data.standardization else None,
+        "label_histograms": data.histograms(),
+        "data_files": [{"path": path, "sha256": digest} for path, digest in data.dataset.files],
+    }
+
+
+def run_summary(fed: Federation, config: Config, rows: list[dict[str, Any]], wall_seconds: float,
+                train_seconds: float) -> dict[str, Any]:
+    """summary.json's entries that come from the federation and the rows, wherever its clients ran."""
     return {
         "algorithm": config.algorithm, "parts": repr(fed.algo), "final": rows[-1], "steps": fed.step,
         "best_test_accuracy": max(r["test_accuracy"] for r in rows),  # picked on the test set: optimistic
         "validation_selected": validation_selected(rows),  # the round picked on validation, and its test accuracy
-        "normalization": data.standardization.summary() if data.standardization else None,
         "time_to_target": time_to_target(rows, config.latency.target_accuracy),
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
         "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__, "device": str(fed.server.device),
         "processes": world_size(),
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
-        "peak_memory_mb": peak_memory_mb(), "label_histograms": data.histograms(),
-        "data_files": [{"path": path, "sha256": digest} for path, digest in data.dataset.files],
+        "peak_memory_mb": peak_memory_mb(),
     }
 
 

@@ -23,3 +23,8 @@ class RunFault(Exception):
 class NothingTrained(UserWarning):
     """A run ended in which no step trained any model (every upload past the deadline, say): its numbers are those of
     the initial models, and its training loss is undefined."""
+
+
+class DeploymentError(Exception):
+    """A deployed client did not answer, answered with an error, or sent what was not asked for; the message names
+    the client, the message and the reason."""

@@ -70,7 +70,8 @@ def shard_bounds(weights: list[float], n: int) -> list[int]:
     return [int(round(c * n)) for c in cumulative]
 
 
-ShardScorer = Callable[[int, "dict[str, torch.Tensor] | None", nn.Module, int, int], tuple[float, float]]
+Shard = tuple[int, "dict[str, torch.Tensor] | None", nn.Module, int, int]  # client, state, upper, start, stop
+ShardScorer = Callable[[list[Shard]], list[tuple[float, float]]]
 
 
 def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -79,9 +80,9 @@ def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch
     A defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
     upload = fed.defence.inference(purpose, fed.step)
 
-    def score(i: int, state: dict[str, torch.Tensor] | None, upper: nn.Module, start: int,
-              stop: int) -> tuple[float, float]:
-        return evaluate(deployed_lower(fed, i, state), upper, x[start:stop], y[start:stop], batch_size, upload)
+    def score(shards: list[Shard]) -> list[tuple[float, float]]:
+        return [evaluate(deployed_lower(fed, i, state), upper, x[start:stop], y[start:stop], batch_size, upload)
+                for i, state, upper, start, stop in shards]
 
     return score_deployed(fed, len(y), score, x.device)
 
@@ -90,16 +91,16 @@ def score_deployed(fed: Federation, n: int, score: ShardScorer,
                    device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """(loss, accuracy) over n evaluation samples of the deployed models. Where clients hold different models,
     client i is scored on its own shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of
-    Σ δ_i acc_i at the cost of one pass instead of N. `score(i, state, upper, start, stop)` gives the mean loss and
-    accuracy of client i's lower model (or `state` in its place) under `upper` on rows start..stop; it runs where
-    the lower model is (here, or on the client's own machine in a deployment). In a distributed run each rank
-    scores the clients it owns and the sums are all-reduced."""
+    Σ δ_i acc_i at the cost of one pass instead of N. `score(shards)` gives the mean loss and accuracy of each shard
+    (client i's lower model, or `state` in its place, under `upper` on rows start..stop); it runs the lower halves
+    where they are (here, or on the clients' own machines in a deployment, all shards at once). In a distributed
+    run each rank scores the clients it owns and the sums are all-reduced."""
     pairs = deployed_models(fed)
     bounds = shard_bounds([w for *_, w in pairs], n)
+    shards = [(i, state, upper, start, stop) for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:])
+              if stop > start and fed.transport.owns(i)]
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ loss, Σ correct
-    for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:]):
-        if stop > start and fed.transport.owns(i):
-            shard_loss, shard_acc = score(i, state, upper, start, stop)
-            sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=device) * (stop - start)
+    for (*_, start, stop), (shard_loss, shard_acc) in zip(shards, score(shards)):
+        sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=device) * (stop - start)
     loss, correct = fed.transport.all_reduce(sums).tolist()
     return loss / n, correct / n

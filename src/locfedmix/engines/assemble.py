@@ -6,12 +6,15 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
 from locfedmix.algorithms.catalog import Algorithm
 from locfedmix.algorithms.objectives import build_head
 from locfedmix.config import Config, OptimizerConfig
 from locfedmix.engines.backends.optimizers import build_optimizer
+from locfedmix.engines.backends.remote import RemoteClients
 from locfedmix.engines.backends.select import build_pool
+from locfedmix.engines.flow.interfaces import Transport
 from locfedmix.engines.flow.participation import Participation
 from locfedmix.engines.flow.recipe import Recipe
 from locfedmix.engines.flow.server import Server
@@ -28,23 +31,25 @@ from locfedmix.rng import seeded_torch
 
 def build_federation(
     config: Config, algo: Algorithm, input_shape: tuple[int, int, int], n_classes: int, sizes: list[int],
-    device: torch.device = torch.device("cpu"), shard: Shard | None = None,
+    device: torch.device = torch.device("cpu"), shard: Shard | None = None, link: Transport | None = None,
 ) -> Federation:
     """All clients share one seeded initial lower model (and head); the server starts from the matching upper.
     The models are initialised on the CPU and then moved, so every device starts from the same weights. With a
-    shard (a distributed run), this rank holds only its own clients and talks to the others by collectives."""
+    shard (a distributed run), this rank holds only its own clients and talks to the others by collectives; with a
+    `link` (a deployment), this process is the server alone and every client answers through the link."""
     recipe = Recipe.of(algo)
-    with seeded_torch(config.seed, "init"):
-        model = build_split_model(config.model, input_shape, n_classes, config.cut or None)
-        head = build_head(algo.objective, model.cut_shape, input_shape, n_classes, model.head, model.decoder)
+    model, head = initial_models(config, algo, input_shape, n_classes)
     flops = count_flops(model.lower, model.upper, head, input_shape)
     for module in (model.lower, model.upper, head):
         if module is not None:
             module.to(device)
     typical_batch = min(config.batch_size, int(np.median(sizes)))
     count, first = (config.n_clients, 0) if shard is None else (shard.size, shard.start)
-    clients = build_pool(config, recipe.parallel, recipe.decoder, model.lower, head, typical_batch, count, first)
-    transport = InProcess() if shard is None else Collectives(shard, model.cut_shape, device)
+    if link is not None:
+        clients, transport = RemoteClients(config.n_clients, head is not None), link
+    else:
+        clients = build_pool(config, recipe.parallel, recipe.decoder, model.lower, head, typical_batch, count, first)
+        transport = InProcess() if shard is None else Collectives(shard, model.cut_shape, device)
     server = build_server(algo, recipe, model, config.n_clients, config.server_optimizer)
     model_bytes = {Kind.LOWER: module_bytes(model.lower), Kind.HEAD: module_bytes(head) if head is not None else 0}
     smashed = math.prod(model.cut_shape) * next(model.lower.parameters()).element_size()
@@ -53,6 +58,16 @@ def build_federation(
     setup = Setup(algo, recipe, sizes, config.seed, flops, config.latency.resolved_profile(), model.cut_shape,
                   model_bytes, smashed, participation, defence)
     return Federation(setup, RunState(clients, server, Ledger(config.latency.label_bytes)), transport)
+
+
+def initial_models(config: Config, algo: Algorithm, input_shape: tuple[int, ...],
+                   n_classes: int) -> tuple[SplitModel, nn.Module | None]:
+    """The split model and the client's head (or None) every client and the server start from: drawn from the seed
+    alone, so a client on another machine builds the very weights the server expects."""
+    with seeded_torch(config.seed, "init"):
+        model = build_split_model(config.model, input_shape, n_classes, config.cut or None)
+        head = build_head(algo.objective, model.cut_shape, input_shape, n_classes, model.head, model.decoder)
+    return model, head
 
 
 def build_server(algo: Algorithm, recipe: Recipe, model: SplitModel, n_clients: int,

@@ -1,0 +1,145 @@
+"""The Flower `ServerApp`: the server of a split-learning run whose clients are SuperNodes. It greets the nodes,
+learns which client each one is, and runs the library's own round loop (locfedmix.rounds) with the Flower transport:
+the same flow, server step, relay and FedAvg as a run in one process, the clients' halves done on their machines.
+The run directory (metrics.csv, summary.json) is written on the server's machine, at `deploy.out`."""
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from locfedmix.api import metrics_row, run_summary
+from locfedmix.config import Config
+from locfedmix.deploy.node import upper_scores
+from locfedmix.deploy.settings import DeploySettings, deploy_settings, locfedmix_config
+from locfedmix.engines.assemble import build_federation, initial_models
+from locfedmix.engines.flow.round import StepExecutor
+from locfedmix.engines.flow.state import Federation
+from locfedmix.engines.flow.step import train_step
+from locfedmix.engines.transports.flower import FlowerLink, Templates
+from locfedmix.engines.transports.flower_records import tensors_message
+from locfedmix.errors import DeploymentError
+from locfedmix.evaluation import Shard, score_deployed
+from locfedmix.results import RunDirectory
+from locfedmix.rng import numpy_generator
+from locfedmix.rounds import Workload, train_rounds
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    serve(grid, dict(context.run_config))
+
+
+def wait_for_nodes(grid: Grid, n: int, settings: DeploySettings) -> list[int]:
+    """The ids of the connected SuperNodes once there are n of them."""
+    started = time.perf_counter()
+    while len(nodes := sorted(grid.get_node_ids())) < n:
+        if time.perf_counter() - started > settings.timeout_s:
+            raise DeploymentError(f"{len(nodes)} of the {n} SuperNodes connected within {settings.timeout_s:g} s")
+        time.sleep(0.5)
+    return nodes
+
+
+def greet(grid: Grid, config: Config, settings: DeploySettings) -> dict[int, dict[str, Any]]:
+    """Client id → what its node said (node id, samples, histogram, shapes, fingerprint): one node per client."""
+    nodes = wait_for_nodes(grid, config.n_clients, settings)
+    hello = FlowerLink(grid, {n: n for n in nodes}, settings, (), {}, {})
+    clients: dict[int, dict[str, Any]] = {}
+    for node, content in hello.exchange("hello", {n: RecordDict({"config": ConfigRecord({})}) for n in nodes}).items():
+        said = {k: json.loads(v) if k in ("histogram", "input_shape", "evaluation") else v
+                for k, v in content.config_records["config"].items()}
+        if said["client"] in clients:
+            raise DeploymentError(f"two SuperNodes say they are client {said['client']}")
+        clients[said["client"]] = said | {"node": node}
+    missing = sorted(set(range(config.n_clients)) - set(clients))
+    if missing:
+        raise DeploymentError(f"no SuperNode is client {missing[0]} (partition-id) of the {config.n_clients}")
+    return clients
+
+
+def weight_templates(config: Config, input_shape: tuple[int, ...], n_classes: int) -> tuple[tuple[int, ...],
+                                                                                             Templates]:
+    """The smashed shape per sample and every weight a client sends (name → shape, dtype): what replies must hold."""
+    model, head = initial_models(config, config.resolved_algorithm(), input_shape, n_classes)
+    modules = {"lower": model.lower} | ({"head": head} if head is not None else {})
+    return model.cut_shape, {f"{part}/{k}": (tuple(v.shape), v.dtype)
+                             for part, module in modules.items() for k, v in module.state_dict().items()}
+
+
+def remote_step(link: FlowerLink) -> StepExecutor:
+    """A planned step run by the clients on their nodes; the plan's indices are positions in each one's samples."""
+
+    def execute(fed: Federation, plan: dict[int, np.ndarray]) -> float:
+        link.step = fed.step
+        batches = {i: (torch.as_tensor(rows, dtype=torch.int64), torch.empty(0)) for i, rows in plan.items()}
+        mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
+        return train_step(fed.algo, fed.recipe, fed.clients, fed.server, link, batches, fed.weights(plan), mix_rng,
+                          fed.ledger, fed.defence, fed.step)
+
+    return execute
+
+
+def remote_scores(link: FlowerLink, split: str, batch_size: int, step: int):
+    """Scores evaluation shards with the lower halves on the clients (one `evaluate.smashed` message each, all at
+    once) and the upper model here, in the batches the clients computed them in."""
+
+    def score(shards: list[Shard]) -> list[tuple[float, float]]:
+        contents = {}
+        for i, state, _, start, stop in shards:
+            values = {f"lower/{k}": v for k, v in (state or {}).items()}
+            contents[i] = tensors_message(values, shards=json.dumps([[split, start, stop]]), batch_size=batch_size,
+                                          step=step, state=state is not None)
+        replies = link.exchange("evaluate", contents)
+        results = []
+        for i, _, upper, start, stop in shards:
+            got = link.read(i, "evaluate", replies[i], {"smashed/0": ((stop - start, *link.cut_shape), torch.float32),
+                                                        "labels/0": ((stop - start,), torch.int64)})
+            results.append(upper_scores(upper, got["smashed/0"], got["labels/0"], batch_size))
+        return results
+
+    return score
+
+
+def remote_row(link: FlowerLink, config: Config, sizes: dict[str, int]):
+    """A metrics.csv row measured through the clients: validation and test shards scored as in one process."""
+
+    def row(fed: Federation, round_index: int, train_loss: float) -> dict[str, Any]:
+        scores = {split: score_deployed(fed, n, remote_scores(link, split, config.eval.batch_size, fed.step))
+                  if n else (float("nan"), float("nan")) for split, n in sizes.items()}
+        return metrics_row(fed, config, round_index, train_loss, scores["validation"], scores["test"])
+
+    return row
+
+
+def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
+    """Run the deployment the run config describes and return its summary (also written to `deploy.out`)."""
+    started = time.perf_counter()
+    config, settings = locfedmix_config(run_config), deploy_settings(run_config)
+    clients = greet(grid, config, settings)
+    first = clients[0]
+    input_shape, n_classes = tuple(first["input_shape"]), int(first["classes"])
+    cut_shape, templates = weight_templates(config, input_shape, n_classes)
+    link = FlowerLink(grid, {i: c["node"] for i, c in clients.items()}, settings, cut_shape, templates,
+                      {i: c["digest"] for i, c in clients.items()})
+    sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
+    fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
+    work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, first["evaluation"]))
+    run_dir = RunDirectory(settings.out, config, settings.overwrite)
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0}
+    try:
+        run_dir.begin(None, False)
+        train_rounds(fed, work, config, run_dir, state, False, None, False)
+        summary = run_summary(fed, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
+        summary |= {"engine": "flower", "label_histograms": [clients[i]["histogram"] for i in range(len(sizes))],
+                    "deployment": {"nodes": {i: c["node"] for i, c in clients.items()},
+                                   "messages": link.traffic.summary()}}
+        run_dir.finish(summary)
+    finally:
+        run_dir.close()
+    return summary

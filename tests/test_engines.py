@@ -198,15 +198,24 @@ def test_a_checkpoint_with_one_optimizer_per_client_resumes_exactly():
 
 
 def test_resnet_with_batchnorm_equals_the_loop():
+    """With FedAvg after every round: BatchNorm's running statistics are averaged and its integer batch counter is
+    the largest among the reporters (algorithms.fedavg), in both pools."""
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g)
-    loop, _ = trained("sfl", "loop", (x, y), model="resnet", algo__sync_every=100)
-    stacked, _ = trained("sfl", "vectorized", (x, y), model="resnet", algo__sync_every=100)
+    loop, _ = trained("sfl", "loop", (x, y), model="resnet")
+    stacked, _ = trained("sfl", "vectorized", (x, y), model="resnet")
+    assert loop.clients.identical() and stacked.clients.identical()
+    counters = [v for k, v in loop.clients.lower(0).state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == 6 for c in counters)  # client 0's 3 batches a round, the most of SIZES
     for i in range(3):
-        for a, b in zip(loop.clients.lower(i).state_dict().values(), stacked.clients.lower(i).state_dict().values()):
-            # the stacked stem sums in another order (backends.stacked_layers.PatchConv2d); dividing by the small
-            # batch's standard deviation, BatchNorm scales that rounding up a little
-            torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
+        # the stacked stem sums in another order (backends.stacked_layers.PatchConv2d); dividing by the small
+        # batch's standard deviation, BatchNorm scales that rounding up a little
+        a, b = loop.clients.lower(i).state_dict(), stacked.clients.lower(i).state_dict()
+        assert list(a) == list(b)
+        for k in a:
+            torch.testing.assert_close(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(loop.server.uppers[0].state_dict().values(), stacked.server.uppers[0].state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 
 
 # SGD with momentum: Adam divides by the root of tiny second moments, which turns float-rounding differences of

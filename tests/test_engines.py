@@ -67,6 +67,24 @@ def test_vectorized_engine_equals_the_loop(algorithm, optimizer, data):
     assert dict(loop.ledger.totals) == dict(stacked.ledger.totals)
 
 
+@pytest.mark.parametrize("algorithm", ["sl", "sfl", "locfedmix"])
+def test_optimizer_reset_on_sync_is_the_same_in_both_pools(algorithm, data):
+    """client_optimizer.on_sync = "reset" after the relay's hand-offs and FedAvg (heads included), with a client
+    left out of a round: the pools agree, and the reset changes the training. SGD with momentum, whose first step
+    after a reset differs from the others, on both sides: Adam's steps are about ±lr wherever a gradient entry is not
+    tiny, and where it is, float rounding picks the sign (the stacked pool's Adam reset is checked against torch's
+    in test_algorithms.py)."""
+    sgd = {"client_optimizer__name": "sgd", "client_optimizer__momentum": 0.9, "client_optimizer__lr": 0.05,
+           "server_optimizer__name": "sgd", "server_optimizer__lr": 0.05, "participation__fraction": 0.67}
+    loop, loop_losses = trained(algorithm, "loop", data, client_optimizer__on_sync="reset", **sgd)
+    stacked, stacked_losses = trained(algorithm, "vectorized", data, client_optimizer__on_sync="reset", **sgd)
+    kept, _ = trained(algorithm, "loop", data, **sgd)
+    np.testing.assert_allclose(loop_losses, stacked_losses, rtol=1e-5)
+    same_models(loop, stacked)
+    assert any(not torch.equal(a, b) for a, b in zip(loop.server.uppers[0].parameters(),
+                                                     kept.server.uppers[0].parameters()))
+
+
 def test_adam_state_matches_per_client_torch_adam(data):
     loop, _ = trained("locfedmix", "loop", data)
     stacked, _ = trained("locfedmix", "vectorized", data)

@@ -183,6 +183,9 @@ class StackedClients(Pool):
             stack.take_grads()
         self.optimizer.step(torch.tensor(clients, device=self.lowers.device))
 
+    def _restart(self, clients: list[int]) -> None:
+        self.optimizer.restart(torch.tensor(clients, device=self.lowers.device))
+
     def _stacks(self) -> list[StackedModule]:
         return [self.lowers] + ([self.heads] if self.heads else [])
 

@@ -255,17 +255,53 @@ def test_mix_extra_step_updates_the_server_on_the_real_loss_then_on_the_mixed_lo
         torch.testing.assert_close(cut[i], expected, atol=1e-7, rtol=1e-5)
 
 
-def test_cut_gradient_is_the_gradient_of_the_clients_own_loss(data):
+def own_and_joint_cut_gradients(upper: nn.Module, uploads, labels, weights):
+    """Each client's ∂L_i/∂s_i from its own batch alone, and the gradient of Σ_j δ_j L_j over the joint batch at
+    s_i divided by δ_i; both from `upper` in training mode, left unchanged."""
+    own, joint_upper = {}, copy.deepcopy(upper).train()
+    for i, u in uploads.items():
+        s = u.detach().requires_grad_(True)
+        own[i], = torch.autograd.grad(F.cross_entropy(copy.deepcopy(upper).train()(s), labels[i]), s)
+    s = torch.cat([uploads[i] for i in uploads]).detach().requires_grad_(True)
+    logits = joint_upper(s).split([len(labels[i]) for i in uploads])
+    loss = sum(weights[i] * F.cross_entropy(out, labels[i]) for i, out in zip(uploads, logits))
+    grad, = torch.autograd.grad(loss, s)
+    joint = {i: g / weights[i] for i, g in zip(uploads, grad.split([len(labels[i]) for i in uploads]))}
+    return own, joint
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+def test_cut_gradient_is_the_clients_own_loss_gradient_unless_the_server_has_batchnorm(model, data):
+    """The server forwards all uploads as one batch. Without layers that couple samples (the CNN) client i's cut
+    gradient is ∂L_i/∂s_i of its own batch; the ResNet's upper BatchNorm (training mode) normalizes by the joint
+    batch's statistics, so L_j depends on s_i too and the cut gradient is the joint loss's, not the client's own."""
     x, y = data
-    fed = make_federation("psl", sizes=[1, 3], n_clients=2)
+    fed = make_federation("psl", sizes=[1, 3], n_clients=2, model=model)
     upper = copy.deepcopy(fed.server.uppers[0])
     uploads, labels = uploads_of(fed, x, y)
-    _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
+    weights = fed.weights([0, 1])
+    _, cut = server_step(fed.algo, fed.server, uploads, labels, weights, numpy_generator(0, "mix"))
+    own, joint = own_and_joint_cut_gradients(upper, uploads, labels, weights)
     for i in (0, 1):
-        s = uploads[i].detach().requires_grad_(True)
-        # the server forwards all uploads as one batch; the upper model here has no batch-coupled layers
-        expected, = torch.autograd.grad(F.cross_entropy(upper(s), labels[i]), s)
-        torch.testing.assert_close(cut[i], expected, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(cut[i], joint[i], atol=1e-7, rtol=1e-5)
+        relative = float((own[i] - cut[i]).norm() / own[i].norm())
+        assert relative < 1e-5 if model == "cnn" else relative > 0.05, relative
+
+
+def test_smashmix_updates_the_server_batchnorm_statistics_with_the_mixed_batch(data):
+    """The mixed forward runs in training mode: each step moves the ResNet server's running statistics twice (the
+    joint real batch, then the mixed one), so evaluation normalizes by statistics of real and mixed samples."""
+    x, y = data
+    after = {}
+    for mix in (True, False):
+        fed = make_federation("locfedmix", sizes=[1, 1, 1], n_clients=3, model="resnet", algo__mix=mix)
+        uploads, labels = uploads_of(fed, x, y)
+        server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1, 2]), numpy_generator(0, "mix"))
+        after[mix] = fed.server.uppers[0].state_dict()
+    counters = [k for k in after[True] if k.endswith("num_batches_tracked")]
+    assert counters and all(int(after[True][k]) == 2 and int(after[False][k]) == 1 for k in counters)
+    means = [k for k in after[True] if k.endswith("running_mean")]
+    assert any(not torch.allclose(after[True][k], after[False][k]) for k in means)
 
 
 def test_locsplitfed_sends_nothing_down_and_clients_follow_their_local_loss(data):

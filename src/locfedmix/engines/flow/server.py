@@ -49,8 +49,9 @@ def server_step(algo: Algorithm, server: Server, uploads: dict[int, torch.Tensor
     """Update the upper model(s); return the real loss and each client's cut gradient (none when the uploads do not
     require grad): the gradient of the server loss Σ_j δ_j L_j at s_i, divided by δ_i. All uploads go through the
     shared upper model as one batch, so where no layer couples samples this is ∂L_i/∂s_i of client i's own batch; a
-    BatchNorm in training mode normalizes by the joint batch's statistics, which makes every L_j depend on s_i, and
-    the cut gradient is then ∂L_i/∂s_i + Σ_j≠i (δ_j/δ_i) ∂L_j/∂s_i under those statistics (docs/algorithms.md)."""
+    BatchNorm in training mode normalizes by the joint batch's statistics, which makes every L_j depend on s_i,
+    and the cut gradient is then ∂L_i/∂s_i + Σ_j≠i (δ_j/δ_i) ∂L_j/∂s_i under those statistics
+    (docs/algorithms.md)."""
     if server.per_client:
         return _per_client_server_step(server, uploads, labels, weights)
     batch = ServerBatch.of(uploads, labels, weights)

@@ -37,42 +37,122 @@ def split_indices(n_clients: int, per_client: int) -> list[np.ndarray]:
     return [np.arange(i * per_client, (i + 1) * per_client) for i in range(n_clients)]
 
 
-def centralized_sgd(lower: nn.Module, upper: nn.Module, x, y, batches, lr: float) -> nn.Module:
-    """Plain SGD on upper∘lower over the given batches: the oracle for one-client split learning."""
-    model = nn.Sequential(copy.deepcopy(lower), copy.deepcopy(upper))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for idx in batches:
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return model
+ADAM = dict(client_optimizer__name="adam", client_optimizer__lr=0.01, server_optimizer__name="adam",
+            server_optimizer__lr=0.01)
+OPTIMIZERS = {"sgd": SGD, "adam": ADAM}
+# Adam's step is about lr whatever the gradient's size, so float-rounding differences of tiny gradient entries (the
+# split and the whole model sum in another order) reach ~1e-6 in a few steps; lr / 1,000 still tells apart the
+# trainings compared here, which differ by more than 1e-3.
+TOLERANCE = {"sgd": 1e-6, "adam": 1e-5}
 
 
+class Centralized:
+    """upper∘lower trained on whole batches by torch's own optimizers: the oracle for split learning served one
+    client at a time. The upper model has one optimizer; the lower one per client (`holders`), each keeping its own
+    state across turns as a client's does, or rebuilt on demand (`rebuild`)."""
+
+    def __init__(self, lower: nn.Module, upper: nn.Module, name: str, holders: int = 1):
+        self.model = nn.Sequential(copy.deepcopy(lower), copy.deepcopy(upper))
+        build = torch.optim.SGD if name == "sgd" else torch.optim.Adam
+        self.build = lambda module: build(module.parameters(), lr=OPTIMIZERS[name]["client_optimizer__lr"])
+        self.lowers = [self.build(self.model[0]) for _ in range(holders)]
+        self.upper = self.build(self.model[1])
+
+    def train(self, x, y, batches, holder: int = 0) -> None:
+        for idx in batches:
+            self.lowers[holder].zero_grad(), self.upper.zero_grad()
+            F.cross_entropy(self.model(x[idx]), y[idx]).backward()
+            self.lowers[holder].step(), self.upper.step()
+
+    def rebuild(self, holder: int = 0) -> None:
+        self.lowers[holder] = self.build(self.model[0])
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("algorithm", ["sl", "psl", "sfl", "sflv2"])
-def test_one_client_equals_centralized_training(algorithm, data):
+def test_one_client_equals_centralized_training(algorithm, optimizer, data):
+    """Adam's state carries over FedAvg (an identity for one client) under the default on_sync = "keep"."""
     x, y = data
-    fed = make_federation(algorithm, sizes=[24], **SGD)
-    model = centralized_sgd(fed.clients.lower(0), fed.server.uppers[0], x, y, [], 0.1)
+    fed = make_federation(algorithm, sizes=[24], **OPTIMIZERS[optimizer])
+    oracle = Centralized(fed.clients.lower(0), fed.server.uppers[0], optimizer)
     idx = split_indices(1, 24)
     for r in (1, 2):
         train_round(fed, idx, 4, r, data_step(x, y))
-        batches = client_batches(idx[0], 4, numpy_generator(fed.seed, "batches", 0, r))
-        model = centralized_sgd(model[0], model[1], x, y, batches, 0.1)
-    assert_same(fed.clients.lower(0), model[0], atol=1e-6)
-    assert_same(fed.server.uppers[0], model[1], atol=1e-6)
+        oracle.train(x, y, client_batches(idx[0], 4, numpy_generator(fed.seed, "batches", 0, r)))
+    assert_same(fed.clients.lower(0), oracle.model[0], atol=TOLERANCE[optimizer])
+    assert_same(fed.server.uppers[0], oracle.model[1], atol=TOLERANCE[optimizer])
 
 
-def test_sl_relay_equals_centralized_training_over_clients_in_turn(data):
+RELAY = split_indices(3, 12)
+
+
+def relay_rounds(fed, x, y, rounds: int) -> None:
+    for r in range(1, rounds + 1):
+        train_round(fed, RELAY, 4, r, data_step(x, y))
+
+
+def relay_oracle(oracle: Centralized, seed: int, x, y, rounds: int, rebuild: bool) -> None:
+    """sl's batches over 3 clients of 12 samples, client by client; `rebuild`: the lower optimizer is rebuilt at
+    each hand-off (every turn but the very first)."""
+    for r in range(1, rounds + 1):
+        for i in range(3):
+            if rebuild and (r, i) != (1, 0):
+                oracle.rebuild(i)
+            oracle.train(x, y, client_batches(RELAY[i], 4, numpy_generator(seed, "batches", i, r)), holder=i)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_sl_relay_equals_centralized_training_over_clients_in_turn(optimizer, data):
+    """Each client's optimizer state stays its own across hand-offs (on_sync = "keep"): in round 2 client 0 resumes
+    the Adam moments it left in round 1, built on another model."""
     x, y = data
-    fed = make_federation("sl", sizes=[12, 12, 12], n_clients=3, **SGD)
-    model = nn.Sequential(copy.deepcopy(fed.clients.lower(0)), copy.deepcopy(fed.server.uppers[0]))
-    idx = split_indices(3, 12)
-    train_round(fed, idx, 4, 1, data_step(x, y))
-    order = [b for i in range(3) for b in client_batches(idx[i], 4, numpy_generator(fed.seed, "batches", i, 1))]
-    model = centralized_sgd(model[0], model[1], x, y, order, 0.1)
+    fed = make_federation("sl", sizes=[12, 12, 12], n_clients=3, **OPTIMIZERS[optimizer])
+    oracle = Centralized(fed.clients.lower(0), fed.server.uppers[0], optimizer, holders=3)
+    relay_rounds(fed, x, y, 2)
+    relay_oracle(oracle, fed.seed, x, y, 2, rebuild=False)
     assert fed.holder == 2
-    assert_same(fed.clients.lower(2), model[0], atol=1e-6)
-    assert_same(fed.server.uppers[0], model[1], atol=1e-6)
+    assert_same(fed.clients.lower(2), oracle.model[0], atol=TOLERANCE[optimizer])
+    assert_same(fed.server.uppers[0], oracle.model[1], atol=TOLERANCE[optimizer])
+
+
+def test_reset_rebuilds_the_client_adam_at_each_relay_hand_off(data):
+    """In the loop pool, which sequential schedules run in; the stacked pool's reset is held to it in
+    test_engines.py."""
+    x, y = data
+    runs = {on_sync: make_federation("sl", sizes=[12, 12, 12], n_clients=3, engine__kind="loop",
+                                     client_optimizer__on_sync=on_sync, **ADAM) for on_sync in ("keep", "reset")}
+    oracle = Centralized(runs["reset"].clients.lower(0), runs["reset"].server.uppers[0], "adam", holders=3)
+    for fed in runs.values():
+        relay_rounds(fed, x, y, 2)
+    relay_oracle(oracle, runs["reset"].seed, x, y, 2, rebuild=True)
+    assert_same(runs["reset"].clients.lower(2), oracle.model[0], atol=TOLERANCE["adam"])
+    assert_same(runs["reset"].server.uppers[0], oracle.model[1], atol=TOLERANCE["adam"])
+    gap = max((a - b).abs().max() for a, b in zip(params(runs["keep"].clients.lower(2)), params(oracle.model[0])))
+    assert gap > 1e-3  # "keep" is another training: client 0's round-1 moments steer its round-2 steps
+
+
+@pytest.mark.parametrize("engine", ["loop", "vectorized"])
+def test_reset_rebuilds_the_client_adam_at_each_fedavg(engine, data):
+    """One client averaging every 2 steps: "reset" is training whose lower Adam is rebuilt every 2 batches (the
+    server's Adam keeps its state); "keep" is not."""
+    x, y = data
+    idx = split_indices(1, 24)
+    runs = {}
+    for on_sync in ("keep", "reset"):
+        runs[on_sync] = make_federation("sfl", sizes=[24], algo__sync_every=2, engine__kind=engine,
+                                        client_optimizer__on_sync=on_sync, **ADAM)
+    oracle = Centralized(runs["reset"].clients.lower(0), runs["reset"].server.uppers[0], "adam")
+    for r in (1, 2):
+        for fed in runs.values():
+            train_round(fed, idx, 4, r, data_step(x, y))
+        batches = client_batches(idx[0], 4, numpy_generator(runs["reset"].seed, "batches", 0, r))
+        for k in range(0, len(batches), 2):
+            oracle.train(x, y, batches[k:k + 2])
+            oracle.rebuild()
+    assert_same(runs["reset"].clients.lower(0), oracle.model[0], atol=TOLERANCE["adam"])
+    assert_same(runs["reset"].server.uppers[0], oracle.model[1], atol=TOLERANCE["adam"])
+    gap = max((a - b).abs().max() for a, b in zip(params(runs["keep"].clients.lower(0)), params(oracle.model[0])))
+    assert gap > 1e-3
 
 
 def run_steps(algorithm: str, data, rounds: int = 2, **overrides):
@@ -175,17 +255,53 @@ def test_mix_extra_step_updates_the_server_on_the_real_loss_then_on_the_mixed_lo
         torch.testing.assert_close(cut[i], expected, atol=1e-7, rtol=1e-5)
 
 
-def test_cut_gradient_is_the_gradient_of_the_clients_own_loss(data):
+def own_and_joint_cut_gradients(upper: nn.Module, uploads, labels, weights):
+    """Each client's ∂L_i/∂s_i from its own batch alone, and the gradient of Σ_j δ_j L_j over the joint batch at
+    s_i divided by δ_i; both from `upper` in training mode, left unchanged."""
+    own, joint_upper = {}, copy.deepcopy(upper).train()
+    for i, u in uploads.items():
+        s = u.detach().requires_grad_(True)
+        own[i], = torch.autograd.grad(F.cross_entropy(copy.deepcopy(upper).train()(s), labels[i]), s)
+    s = torch.cat([uploads[i] for i in uploads]).detach().requires_grad_(True)
+    logits = joint_upper(s).split([len(labels[i]) for i in uploads])
+    loss = sum(weights[i] * F.cross_entropy(out, labels[i]) for i, out in zip(uploads, logits))
+    grad, = torch.autograd.grad(loss, s)
+    joint = {i: g / weights[i] for i, g in zip(uploads, grad.split([len(labels[i]) for i in uploads]))}
+    return own, joint
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+def test_cut_gradient_is_the_clients_own_loss_gradient_unless_the_server_has_batchnorm(model, data):
+    """The server forwards all uploads as one batch. Without layers that couple samples (the CNN) client i's cut
+    gradient is ∂L_i/∂s_i of its own batch; the ResNet's upper BatchNorm (training mode) normalizes by the joint
+    batch's statistics, so L_j depends on s_i too and the cut gradient is the joint loss's, not the client's own."""
     x, y = data
-    fed = make_federation("psl", sizes=[1, 3], n_clients=2)
+    fed = make_federation("psl", sizes=[1, 3], n_clients=2, model=model)
     upper = copy.deepcopy(fed.server.uppers[0])
     uploads, labels = uploads_of(fed, x, y)
-    _, cut = server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1]), numpy_generator(0, "mix"))
+    weights = fed.weights([0, 1])
+    _, cut = server_step(fed.algo, fed.server, uploads, labels, weights, numpy_generator(0, "mix"))
+    own, joint = own_and_joint_cut_gradients(upper, uploads, labels, weights)
     for i in (0, 1):
-        s = uploads[i].detach().requires_grad_(True)
-        # the server forwards all uploads as one batch; the upper model here has no batch-coupled layers
-        expected, = torch.autograd.grad(F.cross_entropy(upper(s), labels[i]), s)
-        torch.testing.assert_close(cut[i], expected, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(cut[i], joint[i], atol=1e-7, rtol=1e-5)
+        relative = float((own[i] - cut[i]).norm() / own[i].norm())
+        assert relative < 1e-5 if model == "cnn" else relative > 0.05, relative
+
+
+def test_smashmix_updates_the_server_batchnorm_statistics_with_the_mixed_batch(data):
+    """The mixed forward runs in training mode: each step moves the ResNet server's running statistics twice (the
+    joint real batch, then the mixed one), so evaluation normalizes by statistics of real and mixed samples."""
+    x, y = data
+    after = {}
+    for mix in (True, False):
+        fed = make_federation("locfedmix", sizes=[1, 1, 1], n_clients=3, model="resnet", algo__mix=mix)
+        uploads, labels = uploads_of(fed, x, y)
+        server_step(fed.algo, fed.server, uploads, labels, fed.weights([0, 1, 2]), numpy_generator(0, "mix"))
+        after[mix] = fed.server.uppers[0].state_dict()
+    counters = [k for k in after[True] if k.endswith("num_batches_tracked")]
+    assert counters and all(int(after[True][k]) == 2 and int(after[False][k]) == 1 for k in counters)
+    means = [k for k in after[True] if k.endswith("running_mean")]
+    assert any(not torch.allclose(after[True][k], after[False][k]) for k in means)
 
 
 def test_locsplitfed_sends_nothing_down_and_clients_follow_their_local_loss(data):

@@ -296,3 +296,24 @@ def test_leaving_stops_the_groups_threads_before_interpreter_shutdown():
     done = subprocess.run([sys.executable, "-c", LEAVE], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "gloo" not in done.stdout, done.stdout
+
+
+def _largest_counter(rank: int, port: int, counters: list[int], reported: list[bool], out) -> None:
+    from locfedmix.engines.transports.collectives import largest_integers
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(counters))
+    try:
+        state = {"weight": torch.ones(2), "num_batches_tracked": torch.tensor(counters[rank])}
+        largest_integers([state], reported=reported[rank])
+        out.put((rank, int(state["num_batches_tracked"]), state["weight"].tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("reported, expected", [([True, True], 9), ([True, False], 5)])
+def test_fedavg_of_an_integer_buffer_is_the_largest_among_reporting_ranks(reported, expected):
+    """As in one process (algorithms.fedavg): a rank none of whose clients reported does not count."""
+    context = torch.multiprocessing.get_context("spawn")
+    out = context.SimpleQueue()
+    torch.multiprocessing.start_processes(_largest_counter, args=(free_port(), [5, 9], reported, out), nprocs=2,
+                                          start_method="spawn")
+    assert sorted(out.get() for _ in range(2)) == [(0, expected, [1.0, 1.0]), (1, expected, [1.0, 1.0])]

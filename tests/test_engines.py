@@ -67,6 +67,24 @@ def test_vectorized_engine_equals_the_loop(algorithm, optimizer, data):
     assert dict(loop.ledger.totals) == dict(stacked.ledger.totals)
 
 
+@pytest.mark.parametrize("algorithm", ["sl", "sfl", "locfedmix"])
+def test_optimizer_reset_on_sync_is_the_same_in_both_pools(algorithm, data):
+    """client_optimizer.on_sync = "reset" after the relay's hand-offs and FedAvg (heads included), with a client
+    left out of a round: the pools agree, and the reset changes the training. SGD with momentum, whose first step
+    after a reset differs from the others, on both sides: Adam's steps are about ±lr wherever a gradient entry is not
+    tiny, and where it is, float rounding picks the sign (the stacked pool's Adam reset is checked against torch's
+    in test_algorithms.py)."""
+    sgd = {"client_optimizer__name": "sgd", "client_optimizer__momentum": 0.9, "client_optimizer__lr": 0.05,
+           "server_optimizer__name": "sgd", "server_optimizer__lr": 0.05, "participation__fraction": 0.67}
+    loop, loop_losses = trained(algorithm, "loop", data, client_optimizer__on_sync="reset", **sgd)
+    stacked, stacked_losses = trained(algorithm, "vectorized", data, client_optimizer__on_sync="reset", **sgd)
+    kept, _ = trained(algorithm, "loop", data, **sgd)
+    np.testing.assert_allclose(loop_losses, stacked_losses, rtol=1e-5)
+    same_models(loop, stacked)
+    assert any(not torch.equal(a, b) for a, b in zip(loop.server.uppers[0].parameters(),
+                                                     kept.server.uppers[0].parameters()))
+
+
 def test_adam_state_matches_per_client_torch_adam(data):
     loop, _ = trained("locfedmix", "loop", data)
     stacked, _ = trained("locfedmix", "vectorized", data)
@@ -198,15 +216,24 @@ def test_a_checkpoint_with_one_optimizer_per_client_resumes_exactly():
 
 
 def test_resnet_with_batchnorm_equals_the_loop():
+    """With FedAvg after every round: BatchNorm's running statistics are averaged and its integer batch counter is
+    the largest among the reporters (algorithms.fedavg), in both pools."""
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g)
-    loop, _ = trained("sfl", "loop", (x, y), model="resnet", algo__sync_every=100)
-    stacked, _ = trained("sfl", "vectorized", (x, y), model="resnet", algo__sync_every=100)
+    loop, _ = trained("sfl", "loop", (x, y), model="resnet")
+    stacked, _ = trained("sfl", "vectorized", (x, y), model="resnet")
+    assert loop.clients.identical() and stacked.clients.identical()
+    counters = [v for k, v in loop.clients.lower(0).state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == 6 for c in counters)  # client 0's 3 batches a round, the most of SIZES
     for i in range(3):
-        for a, b in zip(loop.clients.lower(i).state_dict().values(), stacked.clients.lower(i).state_dict().values()):
-            # the stacked stem sums in another order (backends.stacked_layers.PatchConv2d); dividing by the small
-            # batch's standard deviation, BatchNorm scales that rounding up a little
-            torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
+        # the stacked stem sums in another order (backends.stacked_layers.PatchConv2d); dividing by the small
+        # batch's standard deviation, BatchNorm scales that rounding up a little
+        a, b = loop.clients.lower(i).state_dict(), stacked.clients.lower(i).state_dict()
+        assert list(a) == list(b)
+        for k in a:
+            torch.testing.assert_close(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(loop.server.uppers[0].state_dict().values(), stacked.server.uppers[0].state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 
 
 # SGD with momentum: Adam divides by the root of tiny second moments, which turns float-rounding differences of

@@ -32,7 +32,9 @@ def test_fedavg_with_integer_weights_equals_the_hand_computed_mean():
     b = {"w": torch.tensor([4.0, 8.0]), "n": torch.tensor(9)}
     averaged = average_states([a, b], [1, 2])
     torch.testing.assert_close(averaged["w"], torch.tensor([3.0, 6.0]))
-    assert averaged["n"].item() == 5  # integer buffers are kept, not averaged
+    assert averaged["n"].item() == 9  # an integer buffer is the largest among the reporters, not averaged
+    without_b = average_states([a, b, {"w": torch.zeros(2), "n": torch.tensor(7)}], [0, 0, 1])
+    assert without_b["n"].item() == 7 and without_b["w"].abs().sum() == 0  # weight 0: did not report
 
 
 def test_federated_average_broadcasts_the_mean_to_every_module():

@@ -30,6 +30,11 @@ class OptimizerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class ClientOptimizerConfig(OptimizerConfig):
+    on_sync: Literal["keep", "reset"] = Field("keep", description="a client's optimizer state when FedAvg or the "
+                                                                  "relay replaces its weights: kept, or rebuilt")
+
+
 class DataConfig(_Section):
     """Where the data live, the validation hold-out, and the partitioner's parameters under Flower Datasets' names."""
 
@@ -229,7 +234,7 @@ class Config(_Section):
     seed: int = Field(0, ge=0)
     cut: int = Field(0, ge=0, description="blocks on the client; 0 = the model's default")
     checkpoint_every: int = Field(1, ge=0, description="rounds between checkpoints; 0 = never")
-    client_optimizer: OptimizerConfig = OptimizerConfig()
+    client_optimizer: ClientOptimizerConfig = ClientOptimizerConfig()
     server_optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
     algo: AlgoSwitches = AlgoSwitches()

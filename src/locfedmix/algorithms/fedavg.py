@@ -7,8 +7,10 @@ from torch import nn
 
 
 def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """Σ_i w_i · state_i for every floating tensor (weights are normalised to sum to one); integer buffers such
-    as BatchNorm's batch counter are taken from the first state, as they cannot be averaged meaningfully.
+    """Σ_i w_i · state_i for every floating tensor (weights are normalised to sum to one). An integer buffer
+    (BatchNorm's batch counter) is not averaged: it becomes the largest value among the states of positive weight,
+    a rule that gives the same result whatever the order or grouping of the states (the stacked pool and the
+    distributed transport compute it in pieces) and never counts a client that did not report.
 
     A running sum, one foreach call per state with a weight: every state is read once and nothing the size of all
     of them is built (stacking 1,000 SplitFed v1 server copies, 2.1 GB, took most of a 3.3 s round)."""
@@ -24,7 +26,13 @@ def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[
             if weight:
                 torch._foreach_add_(sums, [state[k] for k in floating], alpha=float(weight) / total)
     averaged = dict(zip(floating, sums))
-    return {k: averaged[k] if k in averaged else v.clone() for k, v in states[0].items()}
+    reported = [state for state, weight in zip(states, weights) if weight]
+    return {k: averaged[k] if k in averaged else _largest([s[k] for s in reported]) for k in states[0]}
+
+
+def _largest(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The elementwise maximum of integer tensors: what FedAvg makes of an integer buffer."""
+    return torch.stack(list(values)).amax(dim=0)
 
 
 def federated_average(modules: Sequence[nn.Module], weights: Sequence[float]) -> None:

@@ -56,7 +56,8 @@ class ReconstructionLoss(StrEnum):
 
 @dataclass(frozen=True)
 class ServerGradient:
-    """The client back-propagates the cut-layer gradient of its own server loss, ∂L_i/∂s_i (SGLR Eq. 4)."""
+    """The client back-propagates the cut-layer gradient of its own server loss, ∂L_i/∂s_i (SGLR Eq. 4); with a
+    BatchNorm in a shared upper model, that of the joint batch's loss (engines/flow/server.py)."""
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,8 @@ def load(message: Message, context: Context) -> Message:
     node = open_node(context)
     node.load(read_tensors(message.content, node.expected(bool(setting(message.content, "heads", False))),
                            limit(context)))
+    if setting(message.content, "restart", False):
+        node.pool.restart_optimizer([node.client])
     keep(node, context)
     return acknowledge(node, message)
 

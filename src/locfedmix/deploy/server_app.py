@@ -126,7 +126,7 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     input_shape, n_classes = tuple(first["input_shape"]), int(first["classes"])
     cut_shape, templates = weight_templates(config, input_shape, n_classes)
     link = FlowerLink(grid, {i: c["node"] for i, c in clients.items()}, settings, cut_shape, templates,
-                      {i: c["digest"] for i, c in clients.items()})
+                      {i: c["digest"] for i, c in clients.items()}, config.client_optimizer.on_sync == "reset")
     sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
     fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
     work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, first["evaluation"]))

@@ -56,7 +56,7 @@ def build_federation(
     participation = Participation.from_config(config.participation, config.n_clients, config.seed)
     defence = Defence(config.privacy.clip, config.privacy.noise_multiplier, config.privacy.nopeek, config.seed)
     setup = Setup(algo, recipe, sizes, config.seed, flops, config.latency.resolved_profile(), model.cut_shape,
-                  model_bytes, smashed, participation, defence)
+                  model_bytes, smashed, participation, defence, config.client_optimizer.on_sync == "reset")
     return Federation(setup, RunState(clients, server, Ledger(config.latency.label_bytes)), transport)
 
 

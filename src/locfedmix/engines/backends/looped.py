@@ -78,6 +78,13 @@ class LoopClients(Pool):
     def _step(self, clients: list[int]) -> None:
         self._step_params([p for i in clients for p in self.clients[i].parameters()])
 
+    def _restart(self, clients: list[int]) -> None:
+        """torch builds a parameter's state at its first step when it has none: dropping it is a rebuilt optimizer
+        for that parameter (Adam's step count and moments, SGD's momentum buffer)."""
+        for i in clients:
+            for p in self.clients[i].parameters():
+                self.optimizer.state.pop(p, None)
+
     def _step_params(self, params: list[nn.Parameter]) -> None:
         """One optimizer step over `params` alone: torch reads a group's parameter list afresh at every step and
         keys its state by parameter, so the group is pointed at them for the call and restored after."""

@@ -47,6 +47,13 @@ class Pool(ABC):
                 torch.autograd.backward(roots, grads)
         self._step(stepping)
 
+    def restart_optimizer(self, clients: list[int]) -> None:
+        """These clients' optimizer state (moments, step counts) as a freshly built optimizer's; ids not held here
+        are ignored."""
+        own = sorted(self.local(dict.fromkeys(clients)))
+        if own:
+            self._restart(own)
+
     @abstractmethod
     def _forward(self, batches: Batches) -> list[tuple[list[int], torch.Tensor]]:
         """(own indices, their stacked outputs [K, b, ...]) for each group of clients run together."""
@@ -62,6 +69,10 @@ class Pool(ABC):
     @abstractmethod
     def _step(self, clients: list[int]) -> None:
         """One optimizer step for these clients (own indices, sorted) from their accumulated gradients."""
+
+    @abstractmethod
+    def _restart(self, clients: list[int]) -> None:
+        """Forget the optimizer state of these clients (own indices, sorted)."""
 
 
 def group_grads(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -44,6 +44,10 @@ class RemoteClients:
     def average(self, weights: list[float], heads: bool) -> None:
         self._elsewhere("averaging the clients' models")
 
+    def restart_optimizer(self, clients: list[int]) -> None:
+        """Nothing here: a client restarts its optimizer on its own machine when the weights it loads say so (the
+        Flower transport's `restart`)."""
+
     def identical(self) -> bool:
         self._elsewhere("comparing the clients' models")
 

@@ -95,11 +95,15 @@ class StackedModule:
     def average(self, weights: list[float]) -> None:
         """FedAvg as a weighted mean over the client dimension (weight 0 for a client that did not report),
         broadcast back to every client; one vector-matrix product per tensor, without the [N, ...] temporary of
-        weights × stack (75 MB for the CNN's second convolution at 1,000 clients)."""
+        weights × stack (75 MB for the CNN's second convolution at 1,000 clients). An integer buffer takes the
+        largest value among the clients that report, as algorithms.fedavg.average_states does."""
+        reported = torch.tensor([i for i, w in enumerate(weights) if w], device=self.device)
         for t in self.tensors().values():
             if t.is_floating_point():
                 w = torch.tensor(weights, dtype=t.dtype, device=t.device) / sum(weights)
                 t.copy_((w @ t.reshape(len(t), -1)).view(1, *t.shape[1:]).expand_as(t))
+            else:
+                t.copy_(t.index_select(0, reported).amax(dim=0, keepdim=True).expand_as(t))
 
     @torch.no_grad()
     def set_rows(self, state: dict[str, torch.Tensor], row: int | None = None) -> None:
@@ -178,6 +182,9 @@ class StackedClients(Pool):
         for stack in self._stacks():
             stack.take_grads()
         self.optimizer.step(torch.tensor(clients, device=self.lowers.device))
+
+    def _restart(self, clients: list[int]) -> None:
+        self.optimizer.restart(torch.tensor(clients, device=self.lowers.device))
 
     def _stacks(self) -> list[StackedModule]:
         return [self.lowers] + ([self.heads] if self.heads else [])

@@ -54,6 +54,14 @@ class StackedOptimizer:
                 for k, row in zip(live, picked):
                     targets[k].index_copy_(0, rows, row)
 
+    @torch.no_grad()
+    def restart(self, clients: torch.Tensor) -> None:
+        """The rows of `clients` as a new optimizer's: no steps taken (so SGD's next step is a first one), zero
+        moments."""
+        self.steps[clients] = 0
+        for moment in self.first + self.second:
+            moment.index_fill_(0, clients, 0)
+
     def state_dict(self) -> dict:
         return {"steps": self.steps.clone(), "first": [t.clone() for t in self.first],
                 "second": [t.clone() for t in self.second]}

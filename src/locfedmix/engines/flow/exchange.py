@@ -7,6 +7,9 @@ downloads the average at the sync. A client that does not report (it was not sam
 nothing then; it downloads the average when it next takes part, just before its first step. The average is written
 into every client's row at once — a client that is away does no work until it downloads, so its numbers are the
 same — and evaluation therefore sees the one global model.
+
+Optimizer state stays with each client across both exchanges unless `client_optimizer.on_sync = "reset"`: then a
+client whose weights an exchange replaces starts its optimizer afresh (written at once too, for the same reason).
 """
 
 from locfedmix.algorithms.fedavg import federated_average
@@ -34,6 +37,8 @@ def hand_off(fed: Federation, to: int) -> None:
         fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
     if fed.relay_model is not None:
         fed.transport.deliver_lower(fed.clients, to, fed.relay_model)
+        if fed.reset_on_sync:
+            fed.clients.restart_optimizer([to])
         fed.ledger.send(to, Kind.LOWER, Direction.DOWN, fed.model_bytes[Kind.LOWER])
     _close_exchange(fed)
     fed.holder = to
@@ -72,6 +77,8 @@ def synchronize(fed: Federation, sync: FedAvg, reporters: list[int]) -> None:
     weights = [delta.get(i, 0.0) for i in range(fed.clients.n)]
     kinds = exchanged_kinds(fed, sync)
     fed.transport.average(fed.clients, weights, Kind.HEAD in kinds)
+    if fed.reset_on_sync:  # every client takes the average (one that is away, before its next step): all rebuild
+        fed.clients.restart_optimizer(list(range(fed.clients.n)))
     for kind in kinds:
         for i in reporters:
             fed.ledger.send(i, kind, Direction.UP, fed.model_bytes[kind])

@@ -46,8 +46,12 @@ def real_loss(upper: nn.Module, batch: ServerBatch) -> torch.Tensor:
 
 def server_step(algo: Algorithm, server: Server, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
                 weights: dict[int, float], mix_rng: np.random.Generator) -> tuple[float, dict[int, torch.Tensor]]:
-    """Update the upper model(s); return the real loss and each client's cut gradient ∂L_i/∂s_i (own loss, unweighted;
-    none when the uploads do not require grad)."""
+    """Update the upper model(s); return the real loss and each client's cut gradient (none when the uploads do not
+    require grad): the gradient of the server loss Σ_j δ_j L_j at s_i, divided by δ_i. All uploads go through the
+    shared upper model as one batch, so where no layer couples samples this is ∂L_i/∂s_i of client i's own batch; a
+    BatchNorm in training mode normalizes by the joint batch's statistics, which makes every L_j depend on s_i,
+    and the cut gradient is then ∂L_i/∂s_i + Σ_j≠i (δ_j/δ_i) ∂L_j/∂s_i under those statistics
+    (docs/algorithms.md)."""
     if server.per_client:
         return _per_client_server_step(server, uploads, labels, weights)
     batch = ServerBatch.of(uploads, labels, weights)
@@ -55,6 +59,8 @@ def server_step(algo: Algorithm, server: Server, uploads: dict[int, torch.Tensor
     optimizer.zero_grad(set_to_none=True)
     loss = real_loss(upper, batch)
     total = loss
+    # SmashMix's forward runs in training mode too: a BatchNorm normalizes the mixed batch by its own statistics and
+    # moves its running statistics a second time this step (docs/algorithms.md).
     if algo.mixer is not None and not algo.mixer.extra_step:
         mixed = smashmix_loss(upper, batch, algo.mixer, mix_rng)
         total = loss if mixed is None else loss + mixed
@@ -68,14 +74,16 @@ def server_step(algo: Algorithm, server: Server, uploads: dict[int, torch.Tensor
             optimizer.step()
     if batch.data.grad is None:
         return loss.item(), {}
-    # The server loss is Σ δ_i L_i, so its gradient at s_i is δ_i ∂L_i/∂s_i; the client gets its own loss's gradient.
+    # Undo the δ_i weighting of client i's own term; other clients' terms reach s_i only through BatchNorm's joint
+    # statistics (see the docstring).
     delta = batch.per_sample([weights[i] for i in batch.ids]).view(-1, *[1] * (batch.data.dim() - 1))
     return loss.item(), batch.split(batch.data.grad / delta)
 
 
 def _per_client_server_step(server: Server, uploads: dict[int, torch.Tensor], labels: dict[int, torch.Tensor],
                             weights: dict[int, float]) -> tuple[float, dict[int, torch.Tensor]]:
-    """SplitFed v1: copy i of the upper model is updated by client i's own loss L_i alone."""
+    """SplitFed v1: copy i of the upper model is updated by client i's own loss L_i alone; its BatchNorm (if any)
+    sees client i's batch alone, so the cut gradient is ∂L_i/∂s_i of that batch."""
     total = 0.0
     for i, u in uploads.items():
         upper, optimizer = server.upper_of(i), server.optimizers[i]

@@ -32,6 +32,7 @@ class Setup:
     smashed_sample_bytes: int  # what one sample's smashed data cost on the wire
     participation: Participation
     defence: Defence = field(default_factory=Defence)  # [privacy]: every defence off unless configured
+    reset_on_sync: bool = False  # client_optimizer.on_sync = "reset": FedAvg and the relay rebuild client optimizers
 
 
 @dataclass
@@ -77,9 +78,10 @@ class Federation:
     state: RunState
     transport: Transport
 
-    algo, recipe, sizes, seed, flops, profile, cut_shape, model_bytes, smashed_sample_bytes, participation, defence = (
-        _part("setup", name) for name in ("algo", "recipe", "sizes", "seed", "flops", "profile", "cut_shape",
-                                          "model_bytes", "smashed_sample_bytes", "participation", "defence"))
+    (algo, recipe, sizes, seed, flops, profile, cut_shape, model_bytes, smashed_sample_bytes, participation, defence,
+     reset_on_sync) = (_part("setup", name) for name in (
+        "algo", "recipe", "sizes", "seed", "flops", "profile", "cut_shape", "model_bytes", "smashed_sample_bytes",
+        "participation", "defence", "reset_on_sync"))
     clients, server, ledger, clock, step, holder, relay_model, stale = (
         _part("state", name) for name in ("clients", "server", "ledger", "clock", "step", "holder", "relay_model",
                                           "stale"))

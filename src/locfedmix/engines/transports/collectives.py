@@ -61,7 +61,8 @@ class Collectives:
 
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None:
         """FedAvg: each rank averages its clients (δ-weighted), scales by its share of the total weight, and an
-        all-reduce sums the shares into the global average that every client then takes."""
+        all-reduce sums the shares into the global average that every client then takes. Integer buffers take the
+        largest value among the reporters (algorithms.fedavg), through an all-reduce of their own."""
         mine = weights[self.shard.start:self.shard.start + self.shard.size]
         share = sum(mine) / sum(weights)  # 0 when none of this rank's clients reported: it adds nothing
         if share:
@@ -73,6 +74,7 @@ class Collectives:
         dist.all_reduce(flat)
         sizes = [flat_state(s).numel() for s in states]
         merged = [unflat_state(part, s) for part, s in zip(flat.split(sizes), states)]
+        largest_integers(merged, reported=bool(share))
         pool.assign(merged[0], merged[1] if len(merged) > 1 else None)
 
     def identical(self, pool: ClientPool) -> bool:
@@ -100,3 +102,17 @@ class Collectives:
             raise UserError(f"the checkpoint was written by {len(state['shards'])} processes; resume it with "
                             f"--nproc_per_node={len(state['shards'])} (this run has {self.shard.world})")
         return state["shards"][self.shard.rank]
+
+
+def largest_integers(states: list[dict[str, torch.Tensor]], reported: bool) -> None:
+    """Each integer tensor of `states` (this rank's largest among its reporters) becomes the largest on any rank,
+    in place; a rank none of whose clients reported offers the smallest integer, so it counts for nothing."""
+    ints = [t for state in states for t in state.values() if not t.is_floating_point()]
+    if not ints:
+        return
+    flat = torch.cat([t.reshape(-1).to(torch.int64) for t in ints])
+    if not reported:
+        flat.fill_(torch.iinfo(torch.int64).min)
+    dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+    for t, part in zip(ints, flat.split([t.numel() for t in ints])):
+        t.copy_(part.view_as(t))

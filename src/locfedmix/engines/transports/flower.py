@@ -41,11 +41,13 @@ class Traffic:
 class FlowerLink:
     """The server's transport to clients on SuperNodes (`nodes`: client id → node id). `templates` names every
     weight a client's lower model (`lower/...`) and head (`head/...`) holds, with shape and dtype, and `cut_shape`
-    the smashed data's shape per sample: what replies are checked against. `step` is set by the step executor."""
+    the smashed data's shape per sample: what replies are checked against. `restart`: a client that loads weights
+    (the relay's hand-over, FedAvg's average) starts its optimizer afresh (`client_optimizer.on_sync = "reset"`).
+    `step` is set by the step executor."""
 
     def __init__(self, grid: Grid, nodes: dict[int, int], settings: DeploySettings, cut_shape: tuple[int, ...],
-                 templates: Templates, digests: dict[int, str]):
-        self.grid, self.nodes, self.settings = grid, nodes, settings
+                 templates: Templates, digests: dict[int, str], restart: bool = False):
+        self.grid, self.nodes, self.settings, self.restart = grid, nodes, settings, restart
         self.cut_shape, self.templates, self.digests = cut_shape, templates, digests
         self.traffic = Traffic()
         self.step = 0
@@ -124,7 +126,7 @@ class FlowerLink:
 
     def send_weights(self, ids: list[int], weights: Weights) -> None:
         heads = any(k.startswith("head/") for k in weights)
-        self._acknowledged("load", self.exchange("load", {i: tensors_message(weights, heads=heads) for i in ids}))
+        self._acknowledged("load", self.exchange("load", {i: tensors_message(weights, heads=heads, restart=self.restart) for i in ids}))
 
     def broadcast_lower(self, pool: ClientPool, i: int) -> Weights:
         return {k.removeprefix("lower/"): v for k, v in self.fetch([i], False)[i].items()}

@@ -89,18 +89,28 @@ def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch
 
 def score_deployed(fed: Federation, n: int, score: ShardScorer,
                    device: torch.device = torch.device("cpu")) -> tuple[float, float]:
-    """(loss, accuracy) over n evaluation samples of the deployed models. Where clients hold different models,
-    client i is scored on its own shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of
-    Σ δ_i acc_i at the cost of one pass instead of N. `score(shards)` gives the mean loss and accuracy of each shard
-    (client i's lower model, or `state` in its place, under `upper` on rows start..stop); it runs the lower halves
-    where they are (here, or on the clients' own machines in a deployment, all shards at once). In a distributed
-    run each rank scores the clients it owns and the sums are all-reduced."""
+    """(loss, accuracy) over n evaluation samples of the deployed models, each shard scored by `score(shards)`
+    (the mean loss and accuracy of client i's lower model, or `state` in its place, under `upper` on rows
+    start..stop), which runs the lower halves where they are: here, or on the clients' own machines."""
+    shards = deployed_shards(fed, n)
+    return combine_scores(fed, shards, score(shards), n, device)
+
+
+def deployed_shards(fed: Federation, n: int) -> list[Shard]:
+    """The shards of n evaluation samples to score. Where clients hold different models, client i is scored on its
+    own shard of the (shuffled) evaluation set, sized by δ_i: an unbiased estimate of Σ δ_i acc_i at the cost of one
+    pass instead of N. In a distributed run each rank scores the clients it owns."""
     pairs = deployed_models(fed)
     bounds = shard_bounds([w for *_, w in pairs], n)
-    shards = [(i, state, upper, start, stop) for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:])
-              if stop > start and fed.transport.owns(i)]
+    return [(i, state, upper, start, stop) for (i, state, upper, _), start, stop in zip(pairs, bounds, bounds[1:])
+            if stop > start and fed.transport.owns(i)]
+
+
+def combine_scores(fed: Federation, shards: list[Shard], scores: list[tuple[float, float]], n: int,
+                   device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """The shards' (loss, accuracy) weighted by their sizes, summed over the processes of a distributed run."""
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ loss, Σ correct
-    for (*_, start, stop), (shard_loss, shard_acc) in zip(shards, score(shards)):
+    for (*_, start, stop), (shard_loss, shard_acc) in zip(shards, scores):
         sums += torch.tensor([shard_loss, shard_acc], dtype=torch.float64, device=device) * (stop - start)
     loss, correct = fed.transport.all_reduce(sums).tolist()
     return loss / n, correct / n

@@ -20,10 +20,10 @@ from locfedmix.engines.assemble import build_federation, initial_models
 from locfedmix.engines.flow.round import StepExecutor
 from locfedmix.engines.flow.state import Federation
 from locfedmix.engines.flow.step import train_step
-from locfedmix.engines.transports.flower import FlowerLink, Templates
+from locfedmix.engines.transports.flower import FlowerLink, Templates, Traffic
 from locfedmix.engines.transports.flower_records import tensors_message
 from locfedmix.errors import DeploymentError
-from locfedmix.evaluation import Shard, score_deployed
+from locfedmix.evaluation import Shard, combine_scores, deployed_shards
 from locfedmix.results import RunDirectory
 from locfedmix.rng import numpy_generator
 from locfedmix.rounds import Workload, train_rounds
@@ -46,8 +46,9 @@ def wait_for_nodes(grid: Grid, n: int, settings: DeploySettings) -> list[int]:
     return nodes
 
 
-def greet(grid: Grid, config: Config, settings: DeploySettings) -> dict[int, dict[str, Any]]:
-    """Client id → what its node said (node id, samples, histogram, shapes, fingerprint): one node per client."""
+def greet(grid: Grid, config: Config, settings: DeploySettings) -> tuple[dict[int, dict[str, Any]], Traffic]:
+    """Client id → what its node said (node id, samples, histogram, shapes, fingerprint), one node per client; and
+    the greeting's traffic."""
     nodes = wait_for_nodes(grid, config.n_clients, settings)
     hello = FlowerLink(grid, {n: n for n in nodes}, settings, (), {}, {})
     clients: dict[int, dict[str, Any]] = {}
@@ -60,7 +61,7 @@ def greet(grid: Grid, config: Config, settings: DeploySettings) -> dict[int, dic
     missing = sorted(set(range(config.n_clients)) - set(clients))
     if missing:
         raise DeploymentError(f"no SuperNode is client {missing[0]} (partition-id) of the {config.n_clients}")
-    return clients
+    return clients, hello.traffic
 
 
 def weight_templates(config: Config, input_shape: tuple[int, ...], n_classes: int) -> tuple[tuple[int, ...],
@@ -85,34 +86,43 @@ def remote_step(link: FlowerLink) -> StepExecutor:
     return execute
 
 
-def remote_scores(link: FlowerLink, split: str, batch_size: int, step: int):
-    """Scores evaluation shards with the lower halves on the clients (one `evaluate.smashed` message each, all at
-    once) and the upper model here, in the batches the clients computed them in."""
-
-    def score(shards: list[Shard]) -> list[tuple[float, float]]:
-        contents = {}
-        for i, state, _, start, stop in shards:
-            values = {f"lower/{k}": v for k, v in (state or {}).items()}
-            contents[i] = tensors_message(values, shards=json.dumps([[split, start, stop]]), batch_size=batch_size,
-                                          step=step, state=state is not None)
-        replies = link.exchange("evaluate", contents)
-        results = []
-        for i, _, upper, start, stop in shards:
-            got = link.read(i, "evaluate", replies[i], {"smashed/0": ((stop - start, *link.cut_shape), torch.float32),
-                                                        "labels/0": ((stop - start,), torch.int64)})
-            results.append(upper_scores(upper, got["smashed/0"], got["labels/0"], batch_size))
-        return results
-
-    return score
+def remote_scores(link: FlowerLink, splits: dict[str, list[Shard]], batch_size: int,
+                  step: int) -> dict[str, list[tuple[float, float]]]:
+    """Every split's shards scored with the lower halves on the clients (one `evaluate.smashed` message per client
+    for all its shards, all clients at once) and the upper model here, in the batches the clients computed."""
+    asked: dict[int, list[tuple[str, Shard]]] = {}
+    for split, shards in splits.items():
+        for shard in shards:
+            asked.setdefault(shard[0], []).append((split, shard))
+    contents = {}
+    for i, jobs in asked.items():
+        state = jobs[0][1][1]  # the relay's model stands in for client i's in every split alike
+        values = {f"lower/{k}": v for k, v in (state or {}).items()}
+        contents[i] = tensors_message(values, shards=json.dumps([[split, start, stop] for split, (*_, start, stop)
+                                                                 in jobs]),
+                                      batch_size=batch_size, step=step, state=state is not None)
+    replies = link.exchange("evaluate", contents)
+    scores: dict[str, list[tuple[float, float]]] = {split: [] for split in splits}
+    for i, jobs in asked.items():
+        expected = {}
+        for n, (_, (*_, start, stop)) in enumerate(jobs):
+            expected |= {f"smashed/{n}": ((stop - start, *link.cut_shape), torch.float32),
+                         f"labels/{n}": ((stop - start,), torch.int64)}
+        got = link.read(i, "evaluate", replies[i], expected)
+        for n, (split, (_, _, upper, _, _)) in enumerate(jobs):
+            scores[split].append(upper_scores(upper, got[f"smashed/{n}"], got[f"labels/{n}"], batch_size))
+    return scores
 
 
 def remote_row(link: FlowerLink, config: Config, sizes: dict[str, int]):
     """A metrics.csv row measured through the clients: validation and test shards scored as in one process."""
 
     def row(fed: Federation, round_index: int, train_loss: float) -> dict[str, Any]:
-        scores = {split: score_deployed(fed, n, remote_scores(link, split, config.eval.batch_size, fed.step))
-                  if n else (float("nan"), float("nan")) for split, n in sizes.items()}
-        return metrics_row(fed, config, round_index, train_loss, scores["validation"], scores["test"])
+        splits = {split: deployed_shards(fed, n) for split, n in sizes.items() if n}
+        scores = remote_scores(link, splits, config.eval.batch_size, fed.step)
+        result = {split: combine_scores(fed, splits[split], scores[split], n) if n else (float("nan"), float("nan"))
+                  for split, n in sizes.items()}
+        return metrics_row(fed, config, round_index, train_loss, result["validation"], result["test"])
 
     return row
 
@@ -121,12 +131,13 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """Run the deployment the run config describes and return its summary (also written to `deploy.out`)."""
     started = time.perf_counter()
     config, settings = locfedmix_config(run_config), deploy_settings(run_config)
-    clients = greet(grid, config, settings)
+    clients, traffic = greet(grid, config, settings)
     first = clients[0]
     input_shape, n_classes = tuple(first["input_shape"]), int(first["classes"])
     cut_shape, templates = weight_templates(config, input_shape, n_classes)
     link = FlowerLink(grid, {i: c["node"] for i, c in clients.items()}, settings, cut_shape, templates,
-                      {i: c["digest"] for i, c in clients.items()}, config.client_optimizer.on_sync == "reset")
+                      {i: c["digest"] for i, c in clients.items()}, config.client_optimizer.on_sync == "reset",
+                      traffic)
     sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
     fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
     work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, first["evaluation"]))

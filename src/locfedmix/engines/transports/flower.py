@@ -43,13 +43,13 @@ class FlowerLink:
     weight a client's lower model (`lower/...`) and head (`head/...`) holds, with shape and dtype, and `cut_shape`
     the smashed data's shape per sample: what replies are checked against. `restart`: a client that loads weights
     (the relay's hand-over, FedAvg's average) starts its optimizer afresh (`client_optimizer.on_sync = "reset"`).
-    `step` is set by the step executor."""
+    `traffic` carries on what an earlier link (the greeting) counted. `step` is set by the step executor."""
 
     def __init__(self, grid: Grid, nodes: dict[int, int], settings: DeploySettings, cut_shape: tuple[int, ...],
-                 templates: Templates, digests: dict[int, str], restart: bool = False):
+                 templates: Templates, digests: dict[int, str], restart: bool = False, traffic: Traffic | None = None):
         self.grid, self.nodes, self.settings, self.restart = grid, nodes, settings, restart
         self.cut_shape, self.templates, self.digests = cut_shape, templates, digests
-        self.traffic = Traffic()
+        self.traffic = traffic or Traffic()
         self.step = 0
         self._positions: dict[int, torch.Tensor] = {}
 

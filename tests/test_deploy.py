@@ -1,0 +1,127 @@
+"""The Flower deployment's protocol held to a run in one process: every algorithm through the loopback Grid (every
+message built, its arrays serialized, each reply checked; the ClientApps in this process) gives the very
+metrics.csv of `locfedmix.run`; replies that are malformed, oversized or missing are refused with the client named."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import Message
+
+import locfedmix
+from locfedmix.algorithms.catalog import ALGORITHMS
+from locfedmix.deploy.client_app import app as client_app
+from locfedmix.deploy.loopback import LoopbackGrid, run_loopback
+from locfedmix.deploy.server_app import serve
+from locfedmix.engines.transports.flower_records import tensors_message
+from locfedmix.errors import DeploymentError, UserError
+
+BASE = {"dataset": "digits", "n_clients": 3, "samples_per_client": 24, "rounds": 2, "batch_size": 12, "seed": 3,
+        "engine": {"kind": "loop"}}
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested config as a Flower run config (tables flattened to dotted keys)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def both(tmp_path, **changes) -> tuple[str, str]:
+    """metrics.csv of the run in one process and of the same config deployed through the loopback Grid."""
+    tree = BASE | changes
+    locfedmix.run(locfedmix.validate(tree), tmp_path / "one", progress=False)
+    run_loopback(flat(tree) | {"deploy.out": str(tmp_path / "deployed")}, tree["n_clients"])
+    return ((tmp_path / "one" / "metrics.csv").read_text(), (tmp_path / "deployed" / "metrics.csv").read_text())
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_deployed_gives_the_numbers_of_one_process(tmp_path, one_thread, algorithm):
+    one, deployed = both(tmp_path, algorithm=algorithm)
+    assert deployed == one
+
+
+def test_participation_faults_and_optimizer_reset_deployed_equal_one_process(tmp_path, one_thread):
+    """Sampled clients, clients failing mid-round, and Adam restarted at every FedAvg and relay hand-over."""
+    one, deployed = both(tmp_path, algorithm="sflv2", n_clients=4, rounds=3,
+                         participation={"fraction": 0.75, "dropout": 0.3},
+                         client_optimizer={"on_sync": "reset"})
+    assert deployed == one
+    one, deployed = both(tmp_path / "b", algorithm="sfl", client_optimizer={"on_sync": "reset"}, algo={"sync_every": 1})
+    assert deployed == one
+
+
+def test_summary_reports_the_wire_bytes_and_time_of_every_kind_of_message(tmp_path):
+    run_config = flat(BASE | {"algorithm": "sfl", "rounds": 1}) | {"deploy.out": str(tmp_path)}
+    summary = run_loopback(run_config, 3)
+    messages = json.loads((tmp_path / "summary.json").read_text())["deployment"]["messages"]
+    assert summary["engine"] == "flower"
+    assert set(messages) == {"hello", "forward", "backward", "weights", "load", "evaluate"}
+    steps = summary["steps"]
+    assert messages["forward"]["messages"] == messages["backward"]["messages"] == 3 * steps
+    # the smashed data and labels go up in the forward replies (what the ledger counts, plus Flower's framing and
+    # the arrays' headers), the cut gradients down in the backward messages, the weights both ways at FedAvg
+    ledger = summary["ledger_bytes"]["totals"]
+    smashed = ledger["up/smashed"] + ledger["up/labels"]
+    assert smashed < messages["forward"]["bytes_up"] < smashed + 3 * steps * 2000
+    assert ledger["down/gradient"] < messages["backward"]["bytes_down"] < ledger["down/gradient"] + 3 * steps * 2000
+    assert ledger["up/lower"] < messages["weights"]["bytes_up"] < 1.1 * ledger["up/lower"]
+
+
+class Tampered:
+    """The ClientApp, except that client `client`'s replies to `kind` are replaced by `reply(message)`."""
+
+    def __init__(self, client: int, kind: str, reply):
+        self.client, self.kind, self.reply = client, kind, reply
+
+    def __call__(self, message: Message, context) -> Message:
+        if (context.node_config["partition-id"] == self.client and message.metadata.message_type == self.kind):
+            return self.reply(message)
+        return client_app(message, context)
+
+
+def deploy(tmp_path, app, **settings) -> None:
+    run_config = flat(BASE | {"algorithm": "psl", "rounds": 1}) | {"deploy.out": str(tmp_path)} | settings
+    serve(LoopbackGrid(run_config, 3, app), run_config)
+
+
+def test_a_reply_of_the_wrong_shape_is_refused_naming_the_client(tmp_path):
+    wrong = Tampered(1, "train.forward", lambda m: Message(
+        tensors_message({"smashed": torch.zeros(3, 2), "labels": torch.zeros(12, dtype=torch.int64)}), reply_to=m))
+    with pytest.raises(DeploymentError, match=r"client 1's reply to train.forward refused: tensor 'smashed' has shape"):
+        deploy(tmp_path, wrong)
+
+
+def test_a_reply_larger_than_allowed_is_refused(tmp_path):
+    with pytest.raises(DeploymentError, match=r"client \d's reply to train.forward refused: .* more than the"):
+        deploy(tmp_path, client_app, **{"deploy.max-message-mb": 0.001})
+
+
+def test_an_error_on_a_client_reaches_the_server_as_a_named_failure(tmp_path):
+    def fail(message):
+        raise ValueError("disk on fire")
+
+    with pytest.raises(DeploymentError, match="client 2 failed train.backward: ValueError: disk on fire"):
+        deploy(tmp_path, Tampered(2, "train.backward", fail))
+
+
+def test_a_node_that_never_answers_ends_the_wait_naming_it(tmp_path):
+    run_config = flat(BASE | {"algorithm": "psl", "rounds": 1}) | {"deploy.out": str(tmp_path),
+                                                                   "deploy.timeout-s": 0.2}
+    grid = LoopbackGrid(run_config, 3)
+    grid.down.add(101)
+    with pytest.raises(DeploymentError, match=r"clients \[101\] did not answer query.hello within 0.2 s"):
+        serve(grid, run_config)
+
+
+def test_bad_node_and_deployment_settings_are_one_line_errors(tmp_path):
+    run_config = flat(BASE | {"algorithm": "psl"}) | {"deploy.out": str(tmp_path)}
+    with pytest.raises(UserError, match="unknown deployment setting 'deploy.outt'"):
+        run_loopback(run_config | {"deploy.outt": "x"}, 3)
+    grid = LoopbackGrid(run_config, 3, node_configs=[{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 1}])
+    with pytest.raises(DeploymentError, match="two SuperNodes say they are client 1"):
+        serve(grid, run_config)

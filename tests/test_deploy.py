@@ -113,7 +113,7 @@ def test_a_node_that_never_answers_ends_the_wait_naming_it(tmp_path):
     run_config = flat(BASE | {"algorithm": "psl", "rounds": 1}) | {"deploy.out": str(tmp_path),
                                                                    "deploy.timeout-s": 0.2}
     grid = LoopbackGrid(run_config, 3)
-    grid.down.add(101)
+    grid.silent.add(101)
     with pytest.raises(DeploymentError, match=r"clients \[101\] did not answer query.hello within 0.2 s"):
         serve(grid, run_config)
 
@@ -125,3 +125,63 @@ def test_bad_node_and_deployment_settings_are_one_line_errors(tmp_path):
     grid = LoopbackGrid(run_config, 3, node_configs=[{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 1}])
     with pytest.raises(DeploymentError, match="two SuperNodes say they are client 1"):
         serve(grid, run_config)
+
+
+class Outage(LoopbackGrid):
+    """Node `node` unavailable from the message of step `start` until the first of step `stop`."""
+
+    def __init__(self, run_config, n, node, start, stop):
+        super().__init__(run_config, n)
+        self.node, self.start, self.stop = node, start, stop
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        steps = [m.content.config_records["config"].get("step") for m in messages
+                 if "config" in m.content.config_records]
+        if any(s is not None and self.start <= s < self.stop for s in steps):
+            self.offline.add(self.node)
+        elif any(s is not None and s >= self.stop for s in steps):
+            self.offline.discard(self.node)
+        return super().push_messages(messages)
+
+
+def test_a_node_lost_mid_round_is_a_client_failing_there(tmp_path, one_thread):
+    """Client 1's node goes down at its second batch of round 1 and is back for round 2: the metrics of a run in
+    one process where the participation policy fails client 1 at exactly that batch (found by seed)."""
+    from locfedmix.engines.flow.participation import Participation
+
+    def fails(seed):
+        policy = Participation(3, seed, dropout=0.3)
+        return [policy.failures(r, {0: 2, 1: 2, 2: 2}) for r in (1, 2)]
+
+    seed = next(s for s in range(200) if fails(s) == [{1: 2}, {}])
+    tree = BASE | {"algorithm": "sfl", "seed": seed}
+    locfedmix.run(locfedmix.validate(tree | {"participation": {"dropout": 0.3}}), tmp_path / "one", progress=False)
+    run_config = flat(tree) | {"deploy.out": str(tmp_path / "deployed")}
+    serve(Outage(run_config, 3, node=101, start=1, stop=2), run_config)
+    one = (tmp_path / "one" / "metrics.csv").read_text()
+    assert (tmp_path / "deployed" / "metrics.csv").read_text() == one
+
+
+def test_a_node_that_restarted_without_its_state_takes_the_global_model(tmp_path, one_thread):
+    """After round 1 client 2's node forgets everything (a restart); the server finds out from its fingerprint
+    and sends it the last FedAvg average: the run's numbers are those of one process where every client restarts
+    its optimizer at FedAvg (the restarted node lost its optimizer state too)."""
+    tree = BASE | {"algorithm": "sfl", "rounds": 3, "client_optimizer": {"on_sync": "reset"}}
+    locfedmix.run(locfedmix.validate(tree), tmp_path / "one", progress=False)
+    run_config = flat(tree) | {"deploy.out": str(tmp_path / "deployed")}
+
+    class Amnesia(LoopbackGrid):
+        forgot = False
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            if not self.forgot and any(m.metadata.message_type == "train.forward"
+                                       and m.content.config_records["config"]["step"] == 2 for m in messages):
+                self.contexts[102].state, self.forgot = type(self.contexts[102].state)(), True
+            return super().push_messages(messages)
+
+    grid = Amnesia(run_config, 3)
+    summary = serve(grid, run_config)
+    assert (tmp_path / "deployed" / "metrics.csv").read_text() == (tmp_path / "one" / "metrics.csv").read_text()
+    assert summary["deployment"]["messages"]["load"]["messages"] > 3 * 3  # the averages, and one catch-up

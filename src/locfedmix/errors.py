@@ -28,3 +28,12 @@ class NothingTrained(UserWarning):
 class DeploymentError(Exception):
     """A deployed client did not answer, answered with an error, or sent what was not asked for; the message names
     the client, the message and the reason."""
+
+
+class ClientsLost(Exception):
+    """Clients that stopped answering mid-step (a deployed client's machine died): their uploads never came, so the
+    step is served again without them and they are out for the rest of the round, as a client that fails is."""
+
+    def __init__(self, ids: set[int]):
+        super().__init__(f"clients {sorted(ids)} stopped answering")
+        self.ids = ids

@@ -72,7 +72,12 @@ def hello(message: Message, context: Context) -> Message:
 
 @app.train("forward")
 def forward(message: Message, context: Context) -> Message:
+    """The step's upload; a client whose model is not the one the server expects (its node restarted and lost its
+    state) says so instead, with its fingerprint, and is brought up to date."""
     node = open_node(context)
+    if setting(message.content, "expect", node.digest()) != node.digest():
+        return Message(RecordDict({"config": ConfigRecord({"stale": True, "digest": node.digest()})}),
+                       reply_to=message)
     smashed, labels = node.upload(positions(node, message, context), int(setting(message.content, "step")))
     return Message(tensors_message({"smashed": smashed, "labels": labels}), reply_to=message)
 

@@ -9,6 +9,7 @@ from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -18,7 +19,8 @@ from locfedmix.deploy.server_app import serve
 
 class LoopbackGrid(Grid):
     """`n` nodes, node k holding `node_configs[k]` (default: client k, `partition-id=k`), each with its own
-    context kept between messages as a SuperNode keeps it; `down` nodes never answer."""
+    context kept between messages as a SuperNode keeps it; `silent` nodes never answer, `offline` ones are answered
+    for by the Grid as the SuperLink answers for a node it lost (node unavailable)."""
 
     def __init__(self, run_config: dict[str, Any], n: int, app: ClientApp = client_app,
                  node_configs: list[dict[str, Any]] | None = None):
@@ -28,7 +30,8 @@ class LoopbackGrid(Grid):
         self.contexts = {100 + k: Context(run_id=1, node_id=100 + k, node_config=c, state=RecordDict(),
                                           run_config=run_config) for k, c in enumerate(configs)}
         self.replies: dict[str, Message] = {}
-        self.down: set[int] = set()
+        self.silent: set[int] = set()
+        self.offline: set[int] = set()
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
@@ -38,7 +41,11 @@ class LoopbackGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             ids.append(message.metadata.message_id)
-            if message.metadata.dst_node_id not in self.down:
+            node = message.metadata.dst_node_id
+            if node in self.offline:
+                self.replies[message.metadata.message_id] = Message(
+                    Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node unavailable"), reply_to=message)
+            elif node not in self.silent:
                 self.replies[message.metadata.message_id] = self.deliver(message)
         return ids
 
@@ -46,7 +53,8 @@ class LoopbackGrid(Grid):
         try:
             return self.app(message, self.contexts[message.metadata.dst_node_id])
         except Exception as err:  # a ClientApp's exception reaches the server as an error reply, as on a SuperNode
-            return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=message)
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(err).__name__}: {err}"),
+                           reply_to=message)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]

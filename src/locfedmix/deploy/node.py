@@ -4,7 +4,6 @@ a step's forward is computed again when its cut gradient arrives (the graph does
 costs one more forward pass and gives the very numbers of one process."""
 
 import copy
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ from locfedmix.engines.assemble import initial_models
 from locfedmix.engines.backends.looped import LoopClients
 from locfedmix.engines.backends.memory import ActivationBudget
 from locfedmix.engines.flow.interfaces import Weights
+from locfedmix.engines.transports.flower_records import fingerprint
 from locfedmix.privacy.defences import Defence
 
 
@@ -124,15 +124,6 @@ class ClientNode:
             chunks.append(defended(smashed) if defended is not None else smashed)
         lower.train(mode)
         return torch.cat(chunks), y[start:stop]
-
-
-def fingerprint(state: Weights) -> str:
-    """SHA-256 of a state's tensors in key order (equal states, equal fingerprints)."""
-    digest = hashlib.sha256()
-    for key, value in state.items():
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def upper_scores(upper: torch.nn.Module, smashed: torch.Tensor, labels: torch.Tensor,

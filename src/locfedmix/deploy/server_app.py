@@ -20,7 +20,8 @@ from locfedmix.engines.assemble import build_federation, initial_models
 from locfedmix.engines.flow.round import StepExecutor
 from locfedmix.engines.flow.state import Federation
 from locfedmix.engines.flow.step import train_step
-from locfedmix.engines.transports.flower import FlowerLink, Templates, Traffic
+from locfedmix.engines.transports.flower import FlowerLink, Templates
+from locfedmix.engines.transports.flower_exchange import Messenger, Traffic
 from locfedmix.engines.transports.flower_records import tensors_message
 from locfedmix.errors import DeploymentError
 from locfedmix.evaluation import Shard, combine_scores, deployed_shards
@@ -50,7 +51,7 @@ def greet(grid: Grid, config: Config, settings: DeploySettings) -> tuple[dict[in
     """Client id → what its node said (node id, samples, histogram, shapes, fingerprint), one node per client; and
     the greeting's traffic."""
     nodes = wait_for_nodes(grid, config.n_clients, settings)
-    hello = FlowerLink(grid, {n: n for n in nodes}, settings, (), {}, {})
+    hello = Messenger(grid, {n: n for n in nodes}, settings)
     clients: dict[int, dict[str, Any]] = {}
     for node, content in hello.exchange("hello", {n: RecordDict({"config": ConfigRecord({})}) for n in nodes}).items():
         said = {k: json.loads(v) if k in ("histogram", "input_shape", "evaluation") else v
@@ -101,7 +102,7 @@ def remote_scores(link: FlowerLink, splits: dict[str, list[Shard]], batch_size: 
         contents[i] = tensors_message(values, shards=json.dumps([[split, start, stop] for split, (*_, start, stop)
                                                                  in jobs]),
                                       batch_size=batch_size, step=step, state=state is not None)
-    replies = link.exchange("evaluate", contents)
+    replies = link.messenger.exchange("evaluate", contents)
     scores: dict[str, list[tuple[float, float]]] = {split: [] for split in splits}
     for i, jobs in asked.items():
         expected = {}
@@ -135,9 +136,9 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     first = clients[0]
     input_shape, n_classes = tuple(first["input_shape"]), int(first["classes"])
     cut_shape, templates = weight_templates(config, input_shape, n_classes)
-    link = FlowerLink(grid, {i: c["node"] for i, c in clients.items()}, settings, cut_shape, templates,
-                      {i: c["digest"] for i, c in clients.items()}, config.client_optimizer.on_sync == "reset",
-                      traffic)
+    messenger = Messenger(grid, {i: c["node"] for i, c in clients.items()}, settings, traffic)
+    link = FlowerLink(messenger, cut_shape, templates, {i: c["digest"] for i, c in clients.items()},
+                      config.client_optimizer.on_sync == "reset")
     sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
     fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
     work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, first["evaluation"]))

@@ -83,7 +83,8 @@ class Transport(Protocol):
     """How messages travel. The server side needs only what `upload` delivers (every upload of the step, with the
     labels) and the weights;
     the clients only what `download` delivers (their cut gradients); FedAvg and the relay move weights through
-    `average`, `broadcast_lower` and `deliver_lower`; `all_reduce` sums evaluation results over processes."""
+    `average`, `broadcast_lower` and `deliver_lower`; `departed` names the clients that stopped answering since it
+    was last asked (a deployment's); `all_reduce` sums evaluation results over processes."""
 
     def owns(self, i: int) -> bool: ...
 
@@ -100,6 +101,8 @@ class Transport(Protocol):
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None: ...
 
     def identical(self, pool: ClientPool) -> bool: ...
+
+    def departed(self) -> set[int]: ...
 
     def all_reduce(self, values: torch.Tensor) -> torch.Tensor: ...
 

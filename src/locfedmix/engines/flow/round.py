@@ -11,7 +11,7 @@ from locfedmix.engines.flow.exchange import catch_up, hand_off, leave_relay, syn
 from locfedmix.engines.flow.participation import Attendance
 from locfedmix.engines.flow.state import Federation
 from locfedmix.engines.flow.step import train_step
-from locfedmix.errors import NumericalError
+from locfedmix.errors import ClientsLost, NumericalError
 from locfedmix.latency.ledger import Direction, Kind
 from locfedmix.latency.model import step_phases, upload_arrivals
 from locfedmix.rng import numpy_generator
@@ -78,7 +78,9 @@ def run_step(fed: Federation, plan: StepPlan, attendance: Attendance, execute: S
              round_index: int) -> float | None:
     """One step of the clients still in the round: relay hand-off or pending downloads first; the clients whose
     upload would miss the deadline are dropped (their upload is charged — it was sent — but the server does not use
-    it and no gradient goes back); the others are served. Returns the step's loss (None when nobody was served)."""
+    it and no gradient goes back); the others are served, and a client that stops answering (a deployed client's
+    machine died) is out for the rest of the round, as a failing one. Returns the step's loss (None when nobody was
+    served)."""
     if fed.recipe.relay:
         hand_off(fed, next(iter(plan)))
     catch_up(fed, plan)
@@ -86,11 +88,19 @@ def run_step(fed: Federation, plan: StepPlan, attendance: Attendance, execute: S
     late = late_clients(fed, sizes)
     served = {i: idx for i, idx in plan.items() if i not in late}
     loss = None
-    if served:
+    while served:
         try:
             loss = execute(fed, served)
+            break
+        except ClientsLost as lost:  # their uploads never came: the step is served again without them
+            attendance.dropped |= lost.ids
+            leave_relay(fed, lost.ids)
+            served = {i: idx for i, idx in served.items() if i not in lost.ids}
         except NumericalError as err:
             raise NumericalError(f"{err} at step {fed.step} (round {round_index}) of {fed.algo.name}") from None
+    gone = fed.transport.departed()  # answered the upload, then stopped: their step is lost to them
+    attendance.dropped |= gone
+    leave_relay(fed, gone)
     for i in sorted(late):
         fed.ledger.send(i, Kind.SMASHED, Direction.UP, sizes[i] * fed.smashed_sample_bytes)
         fed.ledger.send(i, Kind.LABELS, Direction.UP, sizes[i] * fed.ledger.label_bytes)

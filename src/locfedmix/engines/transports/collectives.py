@@ -86,6 +86,10 @@ class Collectives:
         dist.all_reduce(same, op=dist.ReduceOp.MIN)
         return bool(same.item())
 
+    def departed(self) -> set[int]:
+        """Ranks do not lose clients: a rank that dies ends the run (torch.distributed)."""
+        return set()
+
     def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         return values

@@ -2,86 +2,49 @@
 machine. Each call of the flow becomes messages through Flower's Grid (ServerApp → SuperLink → SuperNode →
 ClientApp): a step's uploads are `train.forward` replies, its cut gradients go down in `train.backward`, the relay
 and FedAvg move weights with `query.weights` and `train.load`. Tensors travel as ArrayRecords
-(locfedmix.engines.transports.flower_records); every reply is checked before use. The wall-clock time and the serialized bytes of every
-exchange are recorded (`stats`) beside the ledger's count."""
+(transports/flower_records.py); every reply is checked before use.
 
-import time
-from collections import defaultdict
-from dataclasses import dataclass, field, replace
+Faults: a client whose node is gone during a step is lost (errors.ClientsLost; the flow drops it for the round, as
+a failing client); one that comes back — or a node that restarted and lost its state — is told the global model
+(the last FedAvg average) before it computes again; without one (psl, sglr) it starts afresh."""
+
+from dataclasses import replace
 
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ConfigRecord, RecordDict
 
 from locfedmix.algorithms.fedavg import average_states
-from locfedmix.engines.transports.flower_records import Refused, read_tensors, setting, tensors_message, wire_bytes
-from locfedmix.deploy.settings import DeploySettings
 from locfedmix.engines.flow.interfaces import Batches, ClientPool, Smashed, Weights
-from locfedmix.errors import DeploymentError
+from locfedmix.engines.transports.flower_exchange import MESSAGE_TYPES, Messenger
+from locfedmix.engines.transports.flower_records import Refused, fingerprint, read_tensors, setting, tensors_message
+from locfedmix.errors import ClientsLost, DeploymentError
 
-MESSAGE_TYPES = {"hello": "query.hello", "forward": "train.forward", "backward": "train.backward",
-                 "weights": "query.weights", "load": "train.load", "evaluate": "evaluate.smashed"}
 Templates = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-@dataclass
-class Traffic:
-    """Per kind of message: how many, the serialized bytes each way and the wall-clock seconds of its exchanges."""
-
-    messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    bytes_down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    bytes_up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        return {kind: {"messages": self.messages[kind], "bytes_down": self.bytes_down[kind],
-                       "bytes_up": self.bytes_up[kind], "seconds": self.seconds[kind]} for kind in self.messages}
-
-
 class FlowerLink:
-    """The server's transport to clients on SuperNodes (`nodes`: client id → node id). `templates` names every
-    weight a client's lower model (`lower/...`) and head (`head/...`) holds, with shape and dtype, and `cut_shape`
-    the smashed data's shape per sample: what replies are checked against. `restart`: a client that loads weights
-    (the relay's hand-over, FedAvg's average) starts its optimizer afresh (`client_optimizer.on_sync = "reset"`).
-    `traffic` carries on what an earlier link (the greeting) counted. `step` is set by the step executor."""
+    """The server's transport to clients on SuperNodes. `templates` names every weight a client's lower model
+    (`lower/...`) and head (`head/...`) holds, with shape and dtype, and `cut_shape` the smashed data's shape per
+    sample: what replies are checked against. `digests`: each client's lower-model fingerprint as the server knows
+    it. `restart`: a client that loads weights starts its optimizer afresh (`client_optimizer.on_sync = "reset"`).
+    `step` is set by the step executor."""
 
-    def __init__(self, grid: Grid, nodes: dict[int, int], settings: DeploySettings, cut_shape: tuple[int, ...],
-                 templates: Templates, digests: dict[int, str], restart: bool = False, traffic: Traffic | None = None):
-        self.grid, self.nodes, self.settings, self.restart = grid, nodes, settings, restart
-        self.cut_shape, self.templates, self.digests = cut_shape, templates, digests
-        self.traffic = traffic or Traffic()
+    def __init__(self, messenger: Messenger, cut_shape: tuple[int, ...], templates: Templates,
+                 digests: dict[int, str], restart: bool = False):
+        self.messenger, self.cut_shape, self.templates = messenger, cut_shape, templates
+        self.digests, self.restart = digests, restart
         self.step = 0
+        self.global_weights: Weights | None = None  # the last FedAvg average, for clients that come back
         self._positions: dict[int, torch.Tensor] = {}
+        self._departed: set[int] = set()
 
-    def exchange(self, kind: str, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
-        """Send each client its content as one `kind` message, all at once, and wait for every reply."""
-        if not contents:
-            return {}
-        started = time.perf_counter()
-        messages = {i: Message(c, dst_node_id=self.nodes[i], message_type=MESSAGE_TYPES[kind])
-                    for i, c in contents.items()}
-        self.traffic.bytes_down[kind] += sum(wire_bytes(m) for m in messages.values())
-        pending = dict(zip(self.grid.push_messages(list(messages.values())), messages))
-        replies: dict[int, RecordDict] = {}
-        while pending:
-            for reply in self.grid.pull_messages(list(pending)):
-                i = pending.pop(reply.metadata.reply_to_message_id)
-                if reply.has_error():
-                    raise DeploymentError(f"client {i} failed {MESSAGE_TYPES[kind]}: {reply.error.reason}")
-                self.traffic.bytes_up[kind] += wire_bytes(reply)
-                replies[i] = reply.content
-            if pending and time.perf_counter() - started > self.settings.timeout_s:
-                raise DeploymentError(f"clients {sorted(pending.values())} did not answer {MESSAGE_TYPES[kind]} "
-                                      f"within {self.settings.timeout_s:g} s")
-            if pending:
-                time.sleep(self.settings.poll_s)
-        self.traffic.messages[kind] += len(contents)
-        self.traffic.seconds[kind] += time.perf_counter() - started
-        return replies
+    @property
+    def traffic(self):
+        return self.messenger.traffic
 
     def read(self, i: int, kind: str, content: RecordDict, expected: Templates) -> dict[str, torch.Tensor]:
         try:
-            return read_tensors(content, expected, self.settings.limit_bytes)
+            return read_tensors(content, expected, self.messenger.settings.limit_bytes)
         except Refused as err:
             raise DeploymentError(f"client {i}'s reply to {MESSAGE_TYPES[kind]} refused: {err}") from None
 
@@ -93,10 +56,17 @@ class FlowerLink:
         return {}
 
     def upload(self, smashed: Smashed, batches: Batches) -> tuple[Smashed, dict[int, torch.Tensor]]:
-        """Every client of the step sends its smashed data and labels (`batches` holds each one's positions)."""
+        """Every client of the step sends its smashed data and labels (`batches` holds each one's positions). A
+        client whose model is not the one the server expects (its node restarted) is brought up to date first."""
         self._positions = {i: rows for i, (rows, _) in batches.items()}
-        replies = self.exchange("forward", {i: tensors_message({"positions": rows}, step=self.step)
-                                            for i, rows in self._positions.items()})
+        replies = self._forward(list(self._positions))
+        stale = [i for i, content in replies.items() if setting(content, "stale", False)]
+        if stale:
+            self._refresh(stale, replies)
+            replies |= self._forward(stale)
+        lost = set(self._positions) - set(replies)
+        if lost:
+            raise ClientsLost(lost)
         uploads, labels = {}, {}
         for i, content in replies.items():
             b = len(self._positions[i])
@@ -105,28 +75,55 @@ class FlowerLink:
             uploads[i], labels[i] = got["smashed"], got["labels"]
         return replace(smashed, remote=uploads), labels
 
+    def _forward(self, ids: list[int]) -> dict[int, RecordDict]:
+        contents = {i: tensors_message({"positions": self._positions[i]}, step=self.step, expect=self.digests[i])
+                    for i in ids}
+        return self.messenger.exchange("forward", contents, tolerate=True)
+
+    def _refresh(self, stale: list[int], replies: dict[int, RecordDict]) -> None:
+        """Clients that lost their state: the global model where there is one, else they go on from where they
+        are (their own model was never anywhere else)."""
+        if self.global_weights is not None:
+            self.send_weights(stale, self.global_weights)
+            return
+        for i in stale:
+            self.digests[i] = str(setting(replies[i], "digest"))
+
     def download(self, cut_grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Every client of the step gets its cut gradient (none where the algorithm sends none) and steps."""
+        """Every client of the step gets its cut gradient (none where the algorithm sends none) and steps; one that
+        is gone by now has lost this step (`departed`)."""
         contents = {}
         for i, rows in self._positions.items():
             values = {"positions": rows} | ({"gradient": cut_grads[i]} if i in cut_grads else {})
             contents[i] = tensors_message(values, step=self.step, gradient=i in cut_grads)
-        self._acknowledged("backward", self.exchange("backward", contents))
+        replies = self.messenger.exchange("backward", contents, tolerate=True)
+        self._acknowledged(replies)
+        self._departed |= set(contents) - set(replies)
         return {}
 
-    def _acknowledged(self, kind: str, replies: dict[int, RecordDict]) -> None:
+    def departed(self) -> set[int]:
+        gone, self._departed = self._departed, set()
+        return gone
+
+    def _acknowledged(self, replies: dict[int, RecordDict]) -> None:
         for i, content in replies.items():
             self.digests[i] = str(setting(content, "digest", ""))
 
-    def fetch(self, ids: list[int], heads: bool) -> dict[int, Weights]:
+    def fetch(self, ids: list[int], heads: bool, tolerate: bool = False) -> dict[int, Weights]:
         """The lower weights (and heads) of clients `ids`, as `lower/...` and `head/...`."""
         expected = {k: v for k, v in self.templates.items() if heads or k.startswith("lower/")}
-        replies = self.exchange("weights", {i: RecordDict({"config": ConfigRecord({"heads": heads})}) for i in ids})
+        asked = {i: RecordDict({"config": ConfigRecord({"heads": heads})}) for i in ids}
+        replies = self.messenger.exchange("weights", asked, tolerate)
         return {i: self.read(i, "weights", content, expected) for i, content in replies.items()}
 
     def send_weights(self, ids: list[int], weights: Weights) -> None:
+        """Clients `ids` load these weights; one whose node is gone gets them when it answers again."""
         heads = any(k.startswith("head/") for k in weights)
-        self._acknowledged("load", self.exchange("load", {i: tensors_message(weights, heads=heads, restart=self.restart) for i in ids}))
+        contents = {i: tensors_message(weights, heads=heads, restart=self.restart) for i in ids}
+        self._acknowledged(self.messenger.exchange("load", contents, tolerate=True))
+        digest = fingerprint({k: v for k, v in weights.items() if k.startswith("lower/")}, "lower/")
+        for i in set(ids) & self.messenger.lost:
+            self.digests[i] = digest  # what it will hold once it is back
 
     def broadcast_lower(self, pool: ClientPool, i: int) -> Weights:
         return {k.removeprefix("lower/"): v for k, v in self.fetch([i], False)[i].items()}
@@ -135,11 +132,14 @@ class FlowerLink:
         self.send_weights([i], {f"lower/{k}": v for k, v in weights.items()})
 
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None:
-        """FedAvg on the server: the reporters (weight > 0) upload, the δ-weighted average goes to every client."""
-        ids = [i for i, w in enumerate(weights) if w]
-        states = self.fetch(ids, heads)
-        averaged = average_states([states[i] for i in ids], [weights[i] for i in ids])
-        self.send_weights(list(range(len(weights))), averaged)
+        """FedAvg on the server: the reporters (weight > 0) upload, the δ-weighted average of those that answered
+        goes to every client (one that is away takes it when it is back)."""
+        states = self.fetch([i for i, w in enumerate(weights) if w], heads, tolerate=True)
+        if not states:
+            return
+        self._departed |= {i for i, w in enumerate(weights) if w and i not in states}
+        self.global_weights = average_states([states[i] for i in sorted(states)], [weights[i] for i in sorted(states)])
+        self.send_weights(list(range(len(weights))), self.global_weights)
 
     def identical(self, pool: ClientPool) -> bool:
         """Whether every client's lower model is the same, by the fingerprints their replies carried."""

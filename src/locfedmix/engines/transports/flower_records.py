@@ -3,6 +3,7 @@ structure of a nested state as JSON in a `ConfigRecord`. Whatever arrives is che
 (keys, shapes, dtypes, a size bound) before it is used, so that a malformed or oversized reply is refused with a
 reason instead of crashing the server."""
 
+import hashlib
 import json
 from typing import Any
 
@@ -110,3 +111,13 @@ def wire_bytes(message: Message) -> int:
     """What a message takes on the wire: the serialized size of every object Flower sends for it (its metadata,
     records and array chunks), before the transport's own framing."""
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+def fingerprint(state: dict[str, torch.Tensor], prefix: str = "") -> str:
+    """SHA-256 of a state's names (less `prefix`) and tensors in order: equal states, equal fingerprints, so the
+    server compares clients' models without receiving them."""
+    digest = hashlib.sha256()
+    for key, value in state.items():
+        digest.update(key.removeprefix(prefix).encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

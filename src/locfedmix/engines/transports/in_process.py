@@ -32,6 +32,9 @@ class InProcess:
     def identical(self, pool: ClientPool) -> bool:
         return pool.identical()
 
+    def departed(self) -> set[int]:
+        return set()
+
     def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
         return values
 

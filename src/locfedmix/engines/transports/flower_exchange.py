@@ -1,0 +1,80 @@
+"""Messages to many SuperNodes at once through Flower's Grid, and what came back: every reply checked for an error,
+its serialized size and the exchange's wall-clock time counted per kind of message, and clients whose node is gone
+(Flower says the node or message is unavailable, the ClientApp crashed, or no reply came in time) set apart as lost
+where the caller can go on without them."""
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from locfedmix.deploy.settings import DeploySettings
+from locfedmix.engines.transports.flower_records import wire_bytes
+from locfedmix.errors import DeploymentError
+
+MESSAGE_TYPES = {"hello": "query.hello", "forward": "train.forward", "backward": "train.backward",
+                 "weights": "query.weights", "load": "train.load", "evaluate": "evaluate.smashed"}
+GONE = {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
+        ErrorCode.CLIENT_APP_CRASHED}
+
+
+@dataclass
+class Traffic:
+    """Per kind of message: how many, the serialized bytes each way and the wall-clock seconds of its exchanges."""
+
+    messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bytes_down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bytes_up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {kind: {"messages": self.messages[kind], "bytes_down": self.bytes_down[kind],
+                       "bytes_up": self.bytes_up[kind], "seconds": self.seconds[kind]} for kind in self.messages}
+
+
+class Messenger:
+    """Client id → node id (`nodes`), with the clients whose node was lost; `traffic` counts everything sent."""
+
+    def __init__(self, grid: Grid, nodes: dict[int, int], settings: DeploySettings, traffic: Traffic | None = None):
+        self.grid, self.nodes, self.settings = grid, nodes, settings
+        self.traffic = traffic or Traffic()
+        self.lost: set[int] = set()
+
+    def exchange(self, kind: str, contents: dict[int, RecordDict], tolerate: bool = False) -> dict[int, RecordDict]:
+        """Send each client its content as one `kind` message, all at once, and wait for every reply. With
+        `tolerate`, a client whose node is gone is added to `lost` and left out of the replies (it is asked again
+        next time: a node may come back); otherwise it ends the run with a DeploymentError naming it, as does any
+        other error reply."""
+        if not contents:
+            return {}
+        started = time.perf_counter()
+        messages = {i: Message(c, dst_node_id=self.nodes[i], message_type=MESSAGE_TYPES[kind])
+                    for i, c in contents.items()}
+        self.traffic.bytes_down[kind] += sum(wire_bytes(m) for m in messages.values())
+        pending = dict(zip(self.grid.push_messages(list(messages.values())), messages))
+        replies: dict[int, RecordDict] = {}
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                i = pending.pop(reply.metadata.reply_to_message_id)
+                if reply.has_error() and not (tolerate and reply.error.code in GONE):
+                    raise DeploymentError(f"client {i} failed {MESSAGE_TYPES[kind]}: {reply.error.reason}")
+                if reply.has_error():
+                    self.lost.add(i)
+                    continue
+                self.traffic.bytes_up[kind] += wire_bytes(reply)
+                self.lost.discard(i)
+                replies[i] = reply.content
+            if pending and time.perf_counter() - started > self.settings.timeout_s:
+                if not tolerate:
+                    raise DeploymentError(f"clients {sorted(pending.values())} did not answer "
+                                          f"{MESSAGE_TYPES[kind]} within {self.settings.timeout_s:g} s")
+                self.lost |= set(pending.values())
+                break
+            if pending:
+                time.sleep(self.settings.poll_s)
+        self.traffic.messages[kind] += len(contents)
+        self.traffic.seconds[kind] += time.perf_counter() - started
+        return replies

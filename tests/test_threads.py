@@ -1,10 +1,12 @@
 """engine.threads: the count a run trains with (its default from the usable cores and the others' load), applied only
 where the config or the command line asks, recorded in summary.json and kept by a resumed run."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +159,25 @@ def test_a_resumed_run_keeps_the_count_it_started_with(monkeypatch, tmp_path, on
     assert seen == [2, 2] and resumed["threads"] == whole["threads"] == 2
     assert (tmp_path / "cut" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
     assert torch.get_num_threads() == 1
+
+
+def test_the_benchmark_table_holds_medians_and_same_repeat_ratios():
+    path = Path(__file__).parent.parent / "benchmarks" / "threads.py"
+    spec = importlib.util.spec_from_file_location("threads_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # it imports throughput.py beside it
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(path.parent))
+    # per repeat: the 1-thread rate, then 2 threads at half, a quarter, a tenth of it; busy runs at half the rate
+    rates = {"1": [100, 200, 400], "2": [50, 50, 40], "default": [100, 200, 400], "2, passive": [90, 200, 400]}
+    samples = [{"repeat": r, "load": load, "others_busy": 0.5 if load == "alone" else 1.0, "setting": setting,
+                "threads": 1, "samples_per_s": rate[r] / (1 if load == "alone" else 2)}
+               for setting, rate in rates.items() for r in range(3) for load in ("alone", "busy")]
+    rows = {(row["load"], row["setting"]): row for row in bench.table_rows(samples)}
+    assert rows["alone", "2"]["samples_per_s"] == 50 and rows["busy", "1"]["samples_per_s"] == 100
+    assert rows["alone", "2"]["vs_1_thread"] == (0.25, 0.1, 0.5)  # ratios 0.5, 0.25, 0.1: not 50 / 200
+    assert rows["busy", "2, passive"]["vs_1_thread"] == (1.0, 0.9, 1.0)
+    assert rows["busy", "2"]["busy_vs_alone"] == (0.5, 0.5, 0.5)
+    assert rows["busy", "1"]["others_busy"] == [1.0, 1.0]

@@ -142,6 +142,15 @@ def test_the_command_line_records_its_count_in_summary_json(monkeypatch, tmp_pat
     assert torch.get_num_threads() == 1
 
 
+@pytest.mark.parametrize("value", ["-1", "1025", "2.0", "true"])
+def test_a_bad_count_is_one_line_naming_the_key(tmp_path, capsys, value):
+    config = tmp_path / "c.toml"
+    config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items()) + "\n")
+    assert main(["run", "--config", str(config), "--set", f"engine.threads={value}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "engine.threads" in err
+
+
 def test_a_resumed_run_keeps_the_count_it_started_with(monkeypatch, tmp_path, one_thread_now):
     """Cut after two rounds at 2 threads, then resumed where the default would pick 1: the other rounds train at 2,
     as the uninterrupted run's did, and end with its metrics."""

@@ -32,6 +32,7 @@ from throughput import split_meter
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {"default": ("0", {}), "1": ("1", {}), "2": ("2", {}), "2, passive": ("2", {"OMP_WAIT_POLICY": "PASSIVE"})}
+SETUP = ("algorithm", "clients", "per_client", "seconds", "neighbours")
 NEIGHBOUR = "import torch; a = torch.rand(512, 512); print(flush=True)\nwhile True: a @ a"
 
 
@@ -143,7 +144,9 @@ def write(args: argparse.Namespace, samples: list[dict]) -> str:
         writer.writeheader()
         writer.writerows(samples)
     rows = table_rows(samples)
-    (RESULTS / f"threads{suffix}.json").write_text(json.dumps({"samples": samples, "rows": rows}, indent=2) + "\n")
+    setup = {key: getattr(args, key) for key in SETUP}
+    (RESULTS / f"threads{suffix}.json").write_text(json.dumps({"setup": setup, "samples": samples, "rows": rows},
+                                                              indent=2) + "\n")
     text = markdown(args, rows, len({s["repeat"] for s in samples}))
     (RESULTS / f"THREADS{suffix.replace('_', '-')}.md").write_text(text)
     return text
@@ -168,8 +171,10 @@ def main() -> None:
     if args.child is not None:
         return measure(args)
     samples: list[dict] = []
-    if args.report_only:
-        samples = json.loads((RESULTS / f"threads{f'_{args.tag}' if args.tag else ''}.json").read_text())["samples"]
+    if args.report_only:  # the table again, with the setup it was measured with
+        saved = json.loads((RESULTS / f"threads{f'_{args.tag}' if args.tag else ''}.json").read_text())
+        samples = saved["samples"]
+        vars(args).update(saved["setup"])
     for r in range(0 if args.report_only else args.repeats):
         one_repeat(args, r, samples)
     print(write(args, samples))

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny federations built straight from a Config, on generated tensors."""
 
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -7,6 +8,10 @@ import torch
 
 from locfedmix.config import validate
 from locfedmix.engines.assemble import build_federation
+
+# A command-line run picks its thread count from the machine's load unless OMP_NUM_THREADS is set (engine.threads =
+# 0); the runs a test compares, in this process and in the ones it starts, use the count torch started with.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 INPUT_SHAPE = (1, 8, 8)
 N_CLASSES = 10

@@ -27,6 +27,7 @@ from locfedmix.engines.assemble import build_federation
 from locfedmix.engines.flow.round import data_step
 from locfedmix.engines.flow.state import Federation
 from locfedmix.engines.backends.host_memory import keep_freed_host_memory
+from locfedmix.engines.backends.threads import default_threads, intra_op_threads
 from locfedmix.evaluation import evaluate_federation
 from locfedmix.latency.ledger import Direction
 from locfedmix.models import Model
@@ -136,7 +137,7 @@ def run_summary(fed: Federation, config: Config, rows: list[dict[str, Any]], wal
         "ledger_bytes": fed.ledger.summary(), "simulated": fed.clock.state_dict(),
         "flops_per_sample": asdict(fed.flops), "latency_profile": asdict(fed.profile),
         "wall_seconds": wall_seconds, "engine": type(fed.clients).__name__, "device": str(fed.server.device),
-        "processes": world_size(),
+        "processes": world_size(), "threads": torch.get_num_threads(),
         "train_samples_per_second": config.rounds * sum(fed.sizes) / train_seconds,
         "peak_memory_mb": peak_memory_mb(),
     }
@@ -205,43 +206,47 @@ def run(config: Config, out: str | Path | None = None, *, overwrite: bool = Fals
     run. With leakage on, the smashed data are probed after the last round (or every round). `model` (a
     locfedmix.Model) and `dataset` (data/sources.py) replace config.model and config.dataset with the caller's own.
     `tune_process` applies the process-wide settings the config's [engine] asks for (host memory kept, denormals
-    flushed while training); the CLI asks for them, a library call leaves its caller's process alone unless it
-    does."""
+    flushed while training, the thread count engine.threads = 0 picks); the CLI asks for them, a library call leaves
+    its caller's process alone unless it does. An explicit engine.threads holds while the run lasts, either way."""
     if config.log.tensorboard and out is None:
         raise UserError("log.tensorboard=true needs a run directory to write into; pass out=DIR (--out)")
     started = time.perf_counter()
     if tune_process and config.engine.keep_host_memory:
         keep_freed_host_memory()
     shard, device = join(config, resolve_device(config.engine.device))
-    data = federate(config, dataset)
-    data.dataset = ds = data.dataset.to(device)
-    with given_model(config, model) as model_config:
-        fed = build_federation(model_config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
-                               [len(i) for i in data.client_indices], device, shard)
-    run_dir = _open_run(out, config, overwrite, resume)
-    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0}
-    writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
-    try:
-        checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
-        if checkpoint is not None:
-            restore_federation(fed, checkpoint, run_dir.checkpoint)
-            state = {key: checkpoint.get(key, default) for key, default in state.items()}
-        if writer:
-            writer.begin(checkpoint, resume)
-        with denormals_flushed(tune_process and config.engine.flush_denormals):
-            train_rounds(fed, local_workload(fed, data, config, writer, state), config, writer, state,
-                         progress and is_primary(), label, out is not None)
-        summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
-        summary |= privacy_summary(fed, config, state["leakage"]) | nothing_trained(state)
-        summary["data"] = data_path(ds)
-        if writer:
-            writer.finish(summary)
-    except NumericalError as err:
-        err.checkpoint = run_dir.checkpoint if run_dir and run_dir.saved_round is not None else None
-        raise
-    finally:
-        if run_dir:
-            run_dir.close()
+    with intra_op_threads(config.engine.threads or (default_threads() if tune_process else None)):
+        data = federate(config, dataset)
+        data.dataset = ds = data.dataset.to(device)
+        with given_model(config, model) as model_config:
+            fed = build_federation(model_config, config.resolved_algorithm(), ds.input_shape, ds.n_classes,
+                                   [len(i) for i in data.client_indices], device, shard)
+        run_dir = _open_run(out, config, overwrite, resume)
+        state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0,
+                                 "threads": torch.get_num_threads()}
+        writer = run_dir if is_primary() else None  # every rank computes the same rows; rank 0 writes them
+        try:
+            checkpoint = run_dir.load_checkpoint() if resume and run_dir else None
+            if checkpoint is not None:
+                restore_federation(fed, checkpoint, run_dir.checkpoint)
+                state = {key: checkpoint.get(key, default) for key, default in state.items()}
+                if tune_process and not config.engine.threads:  # the count the run started with: its numbers
+                    torch.set_num_threads(state["threads"])
+            if writer:
+                writer.begin(checkpoint, resume)
+            with denormals_flushed(tune_process and config.engine.flush_denormals):
+                train_rounds(fed, local_workload(fed, data, config, writer, state), config, writer, state,
+                             progress and is_primary(), label, out is not None)
+            summary = summarize(fed, data, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
+            summary |= privacy_summary(fed, config, state["leakage"]) | nothing_trained(state)
+            summary["data"] = data_path(ds)
+            if writer:
+                writer.finish(summary)
+        except NumericalError as err:
+            err.checkpoint = run_dir.checkpoint if run_dir and run_dir.saved_round is not None else None
+            raise
+        finally:
+            if run_dir:
+                run_dir.close()
     return summary
 
 

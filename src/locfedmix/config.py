@@ -144,6 +144,10 @@ class EngineConfig(_Section):
     flush_denormals: bool = Field(
         True, description="while training, compute with floats below the smallest normal one as zero on the CPU, "
                           "where they are many times slower (engines/backends/denormals.py)")
+    threads: int = Field(
+        0, ge=0, le=1024, description="intra-op CPU threads; 0 = OMP_NUM_THREADS where set, else the usable cores "
+                                      "less those other processes keep busy, chosen when the run starts "
+                                      "(engines/backends/threads.py)")
 
 
 class ParticipationConfig(_Section):

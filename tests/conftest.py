@@ -57,18 +57,18 @@ def one_thread():
 def interrupted_in_round(monkeypatch, round_index: int):
     """The run inside the block is interrupted (KeyboardInterrupt) when it starts round `round_index`, after the
     checkpoints of the rounds before; the block must end that way. The real round is put back afterwards."""
-    from locfedmix import api
+    from locfedmix import rounds
 
-    real = api.train_round
+    real = rounds.train_round
 
     def interrupted(fed, indices, batch_size, r, *args, **kwargs):
         if r == round_index:
             raise KeyboardInterrupt
         return real(fed, indices, batch_size, r, *args, **kwargs)
 
-    monkeypatch.setattr(api, "train_round", interrupted)
+    monkeypatch.setattr(rounds, "train_round", interrupted)
     try:
         with pytest.raises(KeyboardInterrupt):
             yield
     finally:
-        monkeypatch.setattr(api, "train_round", real)
+        monkeypatch.setattr(rounds, "train_round", real)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import locfedmix.api
+import locfedmix.rounds
 from locfedmix.api import run
 from locfedmix.config import validate
 from locfedmix.errors import UserError
@@ -45,14 +46,14 @@ def evaluations(out) -> list[dict]:
 
 def interrupt_at(monkeypatch, round_index: int) -> None:
     """Stop the run the way Ctrl-C does, mid-way through `round_index` (after the rows of the rounds before)."""
-    real = locfedmix.api.train_round
+    real = locfedmix.rounds.train_round
 
     def train_round(fed, indices, batch_size, r, execute, on_step=None):
         if r == round_index:
             raise KeyboardInterrupt
         return real(fed, indices, batch_size, r, execute, on_step=on_step)
 
-    monkeypatch.setattr(locfedmix.api, "train_round", train_round)
+    monkeypatch.setattr(locfedmix.rounds, "train_round", train_round)
 
 
 def test_one_event_per_metrics_row_between_start_and_end(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import interrupted_in_round
-from locfedmix import api
+from locfedmix import api, rounds
 from locfedmix.cli import main
 from locfedmix.config import validate
 from locfedmix.engines.backends import threads
@@ -161,9 +161,9 @@ def test_a_resumed_run_keeps_the_count_it_started_with(monkeypatch, tmp_path, on
         api.run(config, tmp_path / "cut", progress=False, tune_process=True)
     monkeypatch.setattr(api, "default_threads", lambda: 1)
     seen = []
-    train_round = api.train_round
-    monkeypatch.setattr(api, "train_round", lambda *a, **k: (seen.append(torch.get_num_threads()),
-                                                             train_round(*a, **k))[1])
+    train_round = rounds.train_round
+    monkeypatch.setattr(rounds, "train_round", lambda *a, **k: (seen.append(torch.get_num_threads()),
+                                                                train_round(*a, **k))[1])
     resumed = api.run(config, tmp_path / "cut", progress=False, resume=True, tune_process=True)
     assert seen == [2, 2] and resumed["threads"] == whole["threads"] == 2
     assert (tmp_path / "cut" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()

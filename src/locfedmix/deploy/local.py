@@ -34,10 +34,12 @@ def listening(port: int) -> bool:
 
 class LocalFederation:
     """`nodes` SuperNodes (node k is client k: `partition-id=k`) and their SuperLink, with Flower's home, the
-    credentials and every process's log under `folder` (a new folder)."""
+    credentials and every process's log under `folder` (a new folder). With `simulation`, Flower's Simulation
+    Engine instead: one SuperLink whose ClientApps run as simulated nodes (Ray actors), no TLS."""
 
-    def __init__(self, folder: Path, nodes: int, insecure: bool = False):
-        self.folder, self.n, self.insecure = Path(folder), nodes, insecure
+    def __init__(self, folder: Path, nodes: int, insecure: bool = False, simulation: bool = False):
+        self.folder, self.n, self.simulation = Path(folder), nodes, simulation
+        self.insecure = insecure or simulation
         self.port = free_port()
         self.bin = Path(sys.executable).parent  # Flower's commands start one another by name: this env's first
         self.env = os.environ | {"FLWR_HOME": str(self.folder / "home"), "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -55,7 +57,7 @@ class LocalFederation:
         if not self.insecure:
             for k in range(self.n):
                 self.flwr("supernode", "register", str(self.credentials[f"node-{k}.pub"]), "local")
-        for k in range(self.n):
+        for k in range(0 if self.simulation else self.n):
             self.start_node(k)
         return self
 
@@ -80,6 +82,8 @@ class LocalFederation:
     def _superlink_command(self) -> list[str]:
         command = [str(self.bin / "flower-superlink"), "--port", str(self.port),
                    "--disable-runtime-dependency-installation", *self._security()]
+        if self.simulation:
+            return command + ["--simulation"]
         if not self.insecure:
             c = self.credentials
             command += ["--ssl-ca-certfile", str(c["ca"]), "--ssl-certfile", str(c["cert"]), "--ssl-keyfile",
@@ -117,6 +121,8 @@ class LocalFederation:
         """Run the Flower app at `app` until it ends, with these run-config overrides (keys its pyproject.toml
         declares); returns its log."""
         args = ["run", str(Path(app).resolve()), "local", "--stream"]
+        if self.simulation:
+            args += ["--federation-config", f"num-supernodes={self.n}"]
         if run_config:
             overrides = self.folder / f"run-config-{len(list(self.folder.glob('run-config-*')))}.toml"
             overrides.write_text(tomli_w.dumps(run_config))

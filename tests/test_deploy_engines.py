@@ -5,6 +5,7 @@ process. These are the slow tests of the deployment (Flower starts a process per
 protocol's every algorithm and fault is in test_deploy.py."""
 
 import json
+import time
 
 import locfedmix
 from locfedmix.deploy.app import write_app
@@ -19,11 +20,21 @@ def one_process(tmp_path, config: dict) -> str:
     return (tmp_path / "one" / "metrics.csv").read_text()
 
 
-def deployed(tmp_path, config: dict, **engine) -> tuple[str, dict]:
+def deployed(tmp_path, config: dict, kill: int | None = None, **engine) -> tuple[str, dict]:
+    """The run's metrics.csv and summary; `kill`: SuperNode `kill` is killed (SIGKILL) when its first cut gradient
+    arrives."""
     out = tmp_path / "deployed"
-    app = write_app(tmp_path / "app", config, {"out": str(out), "timeout-s": 300.0})
+    app = write_app(tmp_path / "app", config, {"out": str(out), "reply-timeout-s": 60.0})
     with LocalFederation(tmp_path / "federation", config["n_clients"], **engine) as federation:
-        federation.run(app, timeout=900)
+        if kill is None:
+            federation.run(app, timeout=900)
+        else:
+            run = federation.launch(app)
+            while "train.backward" not in federation.log(f"supernode-{kill}") and run.poll() is None:
+                time.sleep(0.1)
+            federation.kill_node(kill)
+            output, _ = run.communicate(timeout=900)
+            assert (out / "summary.json").exists(), output[-3000:]
     return (out / "metrics.csv").read_text(), json.loads((out / "summary.json").read_text())
 
 
@@ -39,3 +50,14 @@ def test_three_secure_supernodes_give_the_numbers_of_one_process(tmp_path):
     assert metrics == one_process(tmp_path, CONFIG)
     messages = summary["deployment"]["messages"]
     assert messages["forward"]["messages"] == messages["backward"]["messages"] == 3
+
+
+def test_a_supernode_killed_mid_round_is_a_dropout_and_the_run_goes_on(tmp_path):
+    """SuperNode 2 dies while its first step's cut gradient is on the way: that step is lost to it, it is out for
+    the rest of the round (not averaged: FedAvg of the two others), and the run ends with every round's row."""
+    config = CONFIG | {"algorithm": "sfl", "batch_size": 12}
+    metrics, summary = deployed(tmp_path, config, kill=2, insecure=True)
+    assert len(metrics.splitlines()) == 1 + config["rounds"]
+    lost = summary["deployment"]["lost"]
+    assert {entry["client"] for entry in lost} == {2} and lost[0]["message"] == "train.backward"
+    assert summary["deployment"]["messages"]["weights"]["messages"] == 2  # only the clients that reported

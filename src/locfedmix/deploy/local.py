@@ -120,15 +120,32 @@ class LocalFederation:
     def run(self, app: str | Path, run_config: dict[str, Any] | None = None, timeout: float = 1800) -> str:
         """Run the Flower app at `app` until it ends, with these run-config overrides (keys its pyproject.toml
         declares); returns its log."""
-        args = ["run", str(Path(app).resolve()), "local", "--stream"]
+        process = self.launch(app, run_config)
+        try:
+            out, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise DeploymentError(f"the run did not end within {timeout:g} s (logs in {self.folder})") from None
+        if process.returncode:
+            raise DeploymentError(f"flwr run failed: {out[-2000:]}")
+        return out
+
+    def launch(self, app: str | Path, run_config: dict[str, Any] | None = None) -> subprocess.Popen:
+        """Start the Flower app at `app` (`flwr run --stream`, its log on the returned process's stdout)."""
+        args = [str(self.bin / "flwr"), "run", str(Path(app).resolve()), "local", "--stream"]
         if self.simulation:
             args += ["--federation-config", f"num-supernodes={self.n}"]
         if run_config:
             overrides = self.folder / f"run-config-{len(list(self.folder.glob('run-config-*')))}.toml"
             overrides.write_text(tomli_w.dumps(run_config))
             args += ["--run-config", str(overrides)]
-        done = self.flwr(*args, timeout=timeout)
-        return done.stdout + done.stderr
+        return subprocess.Popen(args, env=self.env, cwd=self.folder, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def log(self, name: str) -> str:
+        """What process `name` (superlink, supernode-<k>) has written so far."""
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def _wait(self, ready, what: str, timeout: float = 60) -> None:
         started = time.perf_counter()

@@ -150,7 +150,7 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
         summary = run_summary(fed, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= {"engine": "flower", "label_histograms": [clients[i]["histogram"] for i in range(len(sizes))],
                     "deployment": {"nodes": {i: c["node"] for i, c in clients.items()},
-                                   "messages": link.traffic.summary()}}
+                                   "messages": link.traffic.summary(), "lost": messenger.losses}}
         run_dir.finish(summary)
     finally:
         run_dir.close()

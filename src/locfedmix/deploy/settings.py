@@ -15,12 +15,15 @@ DEPLOY = "deploy."
 @dataclass(frozen=True)
 class DeploySettings:
     """out: the server's run directory (overwrite: replace a run of ours there); timeout_s: how long the server
-    waits for a reply; max_message_mb: the largest tensor payload a message may carry; poll_s: how often the server
-    asks the SuperLink for replies."""
+    waits for the SuperNodes to connect and for a reply it cannot do without (the greeting, an evaluation);
+    reply_timeout_s: how long it waits for a step's or an exchange's reply before that client counts as lost (a
+    dead node that Flower has not yet reported); max_message_mb: the largest tensor payload a message may carry;
+    poll_s: how often the server asks the SuperLink for replies."""
 
     out: str = "runs/flower"
     overwrite: bool = False
     timeout_s: float = 600.0
+    reply_timeout_s: float = 120.0
     max_message_mb: float = 512.0
     poll_s: float = 0.02
 

@@ -3,6 +3,7 @@ its serialized size and the exchange's wall-clock time counted per kind of messa
 (Flower says the node or message is unavailable, the ClientApp crashed, or no reply came in time) set apart as lost
 where the caller can go on without them."""
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from locfedmix.errors import DeploymentError
 
 MESSAGE_TYPES = {"hello": "query.hello", "forward": "train.forward", "backward": "train.backward",
                  "weights": "query.weights", "load": "train.load", "evaluate": "evaluate.smashed"}
+log = logging.getLogger(__name__)
 GONE = {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
         ErrorCode.CLIENT_APP_CRASHED}
 
@@ -42,6 +44,7 @@ class Messenger:
         self.grid, self.nodes, self.settings = grid, nodes, settings
         self.traffic = traffic or Traffic()
         self.lost: set[int] = set()
+        self.losses: list[dict[str, object]] = []  # every time a client was found gone: message, client, why
 
     def exchange(self, kind: str, contents: dict[int, RecordDict], tolerate: bool = False) -> dict[int, RecordDict]:
         """Send each client its content as one `kind` message, all at once, and wait for every reply. With
@@ -62,19 +65,26 @@ class Messenger:
                 if reply.has_error() and not (tolerate and reply.error.code in GONE):
                     raise DeploymentError(f"client {i} failed {MESSAGE_TYPES[kind]}: {reply.error.reason}")
                 if reply.has_error():
-                    self.lost.add(i)
+                    self._lose(i, kind, reply.error.reason)
                     continue
                 self.traffic.bytes_up[kind] += wire_bytes(reply)
                 self.lost.discard(i)
                 replies[i] = reply.content
-            if pending and time.perf_counter() - started > self.settings.timeout_s:
+            waited = time.perf_counter() - started
+            if pending and waited > (self.settings.reply_timeout_s if tolerate else self.settings.timeout_s):
                 if not tolerate:
                     raise DeploymentError(f"clients {sorted(pending.values())} did not answer "
                                           f"{MESSAGE_TYPES[kind]} within {self.settings.timeout_s:g} s")
-                self.lost |= set(pending.values())
+                for i in pending.values():
+                    self._lose(i, kind, f"no reply within {self.settings.reply_timeout_s:g} s")
                 break
             if pending:
                 time.sleep(self.settings.poll_s)
         self.traffic.messages[kind] += len(contents)
         self.traffic.seconds[kind] += time.perf_counter() - started
         return replies
+
+    def _lose(self, i: int, kind: str, why: str) -> None:
+        self.lost.add(i)
+        self.losses.append({"message": MESSAGE_TYPES[kind], "client": i, "reason": why})
+        log.warning("client %d lost at %s: %s", i, MESSAGE_TYPES[kind], why)

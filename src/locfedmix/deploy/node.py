@@ -4,6 +4,7 @@ a step's forward is computed again when its cut gradient arrives (the graph does
 costs one more forward pass and gives the very numbers of one process."""
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,13 @@ class NodeData:
 def partition_data(config: Config, client: int) -> NodeData:
     """A demonstration node's data: partition `client` of the config's dataset, cut exactly as a run in one process
     cuts it (validation hold-out, standardization, partitioner), with the evaluation sets in that run's order.
-    A real node reads its own data instead (`data-path`)."""
+    Kept for the next message where the ClientApp's process lives on (Flower's Simulation Engine)."""
+    return _partition_data(config.model_dump_json(), client)
+
+
+@functools.lru_cache(maxsize=4)
+def _partition_data(config_json: str, client: int) -> NodeData:
+    config = Config.model_validate_json(config_json)
     data = federate(config)
     ds = data.dataset
     rows = torch.as_tensor(data.client_indices[client])

@@ -48,6 +48,15 @@ class FlowerLink:
         except Refused as err:
             raise DeploymentError(f"client {i}'s reply to {MESSAGE_TYPES[kind]} refused: {err}") from None
 
+    def accept(self, i: int, kind: str, content: RecordDict, expected: Templates) -> dict[str, torch.Tensor] | None:
+        """A reply's tensors, or None where they are not what was asked for: the client is then lost, the reason
+        logged (a malformed or oversized reply never ends the run)."""
+        try:
+            return read_tensors(content, expected, self.messenger.settings.limit_bytes)
+        except Refused as err:
+            self.messenger.lose(i, kind, f"reply refused: {err}")
+            return None
+
     def owns(self, i: int) -> bool:
         """The server speaks for every client (and computes none: `mine`)."""
         return True
@@ -64,15 +73,16 @@ class FlowerLink:
         if stale:
             self._refresh(stale, replies)
             replies |= self._forward(stale)
-        lost = set(self._positions) - set(replies)
-        if lost:
-            raise ClientsLost(lost)
         uploads, labels = {}, {}
         for i, content in replies.items():
             b = len(self._positions[i])
-            got = self.read(i, "forward", content, {"smashed": ((b, *self.cut_shape), torch.float32),
-                                                    "labels": ((b,), torch.int64)})
-            uploads[i], labels[i] = got["smashed"], got["labels"]
+            got = self.accept(i, "forward", content, {"smashed": ((b, *self.cut_shape), torch.float32),
+                                                      "labels": ((b,), torch.int64)})
+            if got is not None:
+                uploads[i], labels[i] = got["smashed"], got["labels"]
+        lost = set(self._positions) - set(uploads)
+        if lost:
+            raise ClientsLost(lost)
         return replace(smashed, remote=uploads), labels
 
     def _forward(self, ids: list[int]) -> dict[int, RecordDict]:
@@ -114,7 +124,10 @@ class FlowerLink:
         expected = {k: v for k, v in self.templates.items() if heads or k.startswith("lower/")}
         asked = {i: RecordDict({"config": ConfigRecord({"heads": heads})}) for i in ids}
         replies = self.messenger.exchange("weights", asked, tolerate)
-        return {i: self.read(i, "weights", content, expected) for i, content in replies.items()}
+        if not tolerate:
+            return {i: self.read(i, "weights", content, expected) for i, content in replies.items()}
+        states = {i: self.accept(i, "weights", content, expected) for i, content in replies.items()}
+        return {i: state for i, state in states.items() if state is not None}
 
     def send_weights(self, ids: list[int], weights: Weights) -> None:
         """Clients `ids` load these weights; one whose node is gone gets them when it answers again."""

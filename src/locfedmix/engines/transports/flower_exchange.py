@@ -1,7 +1,8 @@
 """Messages to many SuperNodes at once through Flower's Grid, and what came back: every reply checked for an error,
-its serialized size and the exchange's wall-clock time counted per kind of message, and clients whose node is gone
-(Flower says the node or message is unavailable, the ClientApp crashed, or no reply came in time) set apart as lost
-where the caller can go on without them."""
+its serialized size and the exchange's wall-clock time counted per kind of message. Where the caller can go on
+without a client (a step, FedAvg), a client that does not answer properly — its node is gone, its ClientApp failed,
+no reply came in time, or the reply was malformed — is set apart as lost, with the reason logged and recorded;
+elsewhere it ends the run with a DeploymentError naming it."""
 
 import logging
 import time
@@ -48,9 +49,9 @@ class Messenger:
 
     def exchange(self, kind: str, contents: dict[int, RecordDict], tolerate: bool = False) -> dict[int, RecordDict]:
         """Send each client its content as one `kind` message, all at once, and wait for every reply. With
-        `tolerate`, a client whose node is gone is added to `lost` and left out of the replies (it is asked again
-        next time: a node may come back); otherwise it ends the run with a DeploymentError naming it, as does any
-        other error reply."""
+        `tolerate`, a client that answers with an error or not in time is lost (`lose`) and left out of the
+        replies (it is asked again next time: a node may come back); otherwise it ends the run with a
+        DeploymentError naming it."""
         if not contents:
             return {}
         started = time.perf_counter()
@@ -62,10 +63,11 @@ class Messenger:
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
                 i = pending.pop(reply.metadata.reply_to_message_id)
-                if reply.has_error() and not (tolerate and reply.error.code in GONE):
+                if reply.has_error() and not tolerate:
                     raise DeploymentError(f"client {i} failed {MESSAGE_TYPES[kind]}: {reply.error.reason}")
                 if reply.has_error():
-                    self._lose(i, kind, reply.error.reason)
+                    gone = "node gone" if reply.error.code in GONE else "failed"
+                    self.lose(i, kind, f"{gone}: {reply.error.reason}")
                     continue
                 self.traffic.bytes_up[kind] += wire_bytes(reply)
                 self.lost.discard(i)
@@ -76,7 +78,7 @@ class Messenger:
                     raise DeploymentError(f"clients {sorted(pending.values())} did not answer "
                                           f"{MESSAGE_TYPES[kind]} within {self.settings.timeout_s:g} s")
                 for i in pending.values():
-                    self._lose(i, kind, f"no reply within {self.settings.reply_timeout_s:g} s")
+                    self.lose(i, kind, f"no reply within {self.settings.reply_timeout_s:g} s")
                 break
             if pending:
                 time.sleep(self.settings.poll_s)
@@ -84,7 +86,8 @@ class Messenger:
         self.traffic.seconds[kind] += time.perf_counter() - started
         return replies
 
-    def _lose(self, i: int, kind: str, why: str) -> None:
+    def lose(self, i: int, kind: str, why: str) -> None:
+        """Client i is lost at this kind of message, for the reason `why` (logged, and kept in `losses`)."""
         self.lost.add(i)
         self.losses.append({"message": MESSAGE_TYPES[kind], "client": i, "reason": why})
         log.warning("client %d lost at %s: %s", i, MESSAGE_TYPES[kind], why)

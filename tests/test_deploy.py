@@ -196,3 +196,25 @@ def test_a_node_that_restarted_without_its_state_takes_the_global_model(tmp_path
     summary = serve(grid, run_config)
     assert (tmp_path / "deployed" / "metrics.csv").read_text() == (tmp_path / "one" / "metrics.csv").read_text()
     assert summary["deployment"]["messages"]["load"]["messages"] > 3 * 3  # the averages, and one catch-up
+
+
+def test_the_command_line_writes_an_app_and_refuses_what_cannot_be_deployed(tmp_path, capsys):
+    from locfedmix.cli import main
+
+    (tmp_path / "one.toml").write_text('algorithm = "sfl"\ndataset = "digits"\nrounds = 1\nbatch_size = 8\n')
+    (tmp_path / "sweep.toml").write_text('algorithm = "sfl"\ndataset = "digits"\n[sweep]\nseed = [0, 1]\n')
+    assert main(["deploy", str(tmp_path / "app"), "--config", str(tmp_path / "one.toml"), "--set", "n_clients=3",
+                 "--credentials", "3"]) == 0
+    app = (tmp_path / "app" / "pyproject.toml").read_text()
+    assert 'clientapp = "locfedmix.deploy.client_app:app"' in app and "n_clients = 3" in app
+    assert sorted(p.name for p in (tmp_path / "app" / "credentials").iterdir()) == [
+        "ca.crt", "node-0", "node-0.pub", "node-1", "node-1.pub", "node-2", "node-2.pub", "server.key", "server.pem"]
+    assert (tmp_path / "app" / ".gitignore").read_text() == "credentials/\n"
+    capsys.readouterr()
+    assert main(["deploy", str(tmp_path / "app"), "--config", str(tmp_path / "one.toml")]) == 2
+    assert main(["deploy", str(tmp_path / "other"), "--config", str(tmp_path / "sweep.toml")]) == 2
+    assert main(["deploy", str(tmp_path / "third"), "--config", str(tmp_path / "one.toml"),
+                 "--set", "n_clients=0"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert [e.split(":")[1].strip() for e in errors] == ["error"] * 3 and len(errors) == 3
+    assert "exists" in errors[0] and "[sweep]" in errors[1] and "n_clients" in errors[2]

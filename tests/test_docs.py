@@ -18,8 +18,9 @@ from locfedmix.algorithms.parts import Parallel
 ROOT = Path(__file__).parent.parent
 # Pages whose ```python (PAGES) or ```bash (SHELL_PAGES) blocks run as written; ```sh blocks (make run, make test)
 # are shown, not run: they are what the suite itself is.
-PAGES = ["docs/add-an-algorithm.md", "docs/api.md", "docs/your-model-and-data.md", "docs/architecture.md", "README.md"]
-SHELL_PAGES = ["docs/quickstart.md", "docs/configuration.md", "README.md"]
+PAGES = ["docs/add-an-algorithm.md", "docs/api.md", "docs/your-model-and-data.md", "docs/architecture.md", "README.md",
+         "docs/deploy.md"]
+SHELL_PAGES = ["docs/quickstart.md", "docs/configuration.md", "README.md", "docs/deploy.md"]
 
 
 def python_blocks(page: str) -> list[str]:

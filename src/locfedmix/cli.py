@@ -52,7 +52,38 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", metavar="DIR",
                         help="a run directory, or a folder holding run directories (e.g. runs/compare)")
     report.add_argument("--out", metavar="OUTDIR", help="folder for report.md and its PNGs (default: DIR/report)")
+    deploy = commands.add_parser("deploy", help="write a Flower app (server and clients on their own machines)")
+    deploy.add_argument("folder", help="a new folder for the app (its pyproject.toml names locfedmix's apps)")
+    deploy.add_argument("--config", required=True, help="TOML experiment file (one run: no [sweep])")
+    deploy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key; repeatable")
+    deploy.add_argument("--out", default="runs/flower", help="the server's run directory (default: runs/flower)")
+    deploy.add_argument("--credentials", type=int, metavar="N",
+                        help="also write a local certificate authority, the SuperLink's certificate and N "
+                             "SuperNode key pairs into FOLDER/credentials, for a secure trial on this machine")
     return parser
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from locfedmix.config_files import apply_overrides, read_toml
+
+    try:
+        from locfedmix.deploy.app import write_app
+        from locfedmix.deploy.credentials import write_credentials
+    except ModuleNotFoundError as err:
+        raise UserError(f"deploying needs Flower ({err.name} is missing); pip install 'locfedmix[flower]'") from None
+    folder = Path(args.folder)
+    if folder.exists():
+        raise UserError(f"'{folder}' exists; name a new folder for the app")
+    tree = apply_overrides(read_toml(args.config), args.overrides)
+    if "sweep" in tree:
+        raise UserError(f"{args.config} holds a [sweep]; a deployment is one run: pick one with --set or drop it")
+    write_app(folder, tree, {"out": args.out})
+    print(f"Flower app written to {folder}")
+    if args.credentials:
+        (folder / ".gitignore").write_text("credentials/\n")  # never packed into the app Flower ships
+        paths = write_credentials(folder / "credentials", args.credentials)
+        print(f"credentials for {args.credentials} SuperNodes written to {paths['ca'].parent}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -199,7 +230,8 @@ def _kept(err: NumericalError) -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        commands = {"run": _run, "latency": _latency, "report": _report, "algorithms": lambda _: _algorithms()}
+        commands = {"run": _run, "latency": _latency, "report": _report, "deploy": _deploy,
+                    "algorithms": lambda _: _algorithms()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NothingTrained)  # said once, as one line, from the summary
             commands[args.command](args)

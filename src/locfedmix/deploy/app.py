@@ -2,16 +2,14 @@
 Bundle, naming locfedmix's ServerApp and ClientApp and holding the config as the app's run config (every key of
 it, and the deployment's settings under `deploy`, may then be overridden with `flwr run --run-config`).
 
-    python -m locfedmix.deploy.app my-app --config configs/default.toml --set n_clients=3 --out runs/flower
+    locfedmix deploy my-app --config configs/default.toml --set n_clients=3 --out runs/flower
 """
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from locfedmix.config_files import apply_overrides, read_toml
 from locfedmix.config import validate
 
 COMPONENTS = {"serverapp": "locfedmix.deploy.server_app:app", "clientapp": "locfedmix.deploy.client_app:app"}
@@ -33,21 +31,3 @@ def write_app(folder: Path, config: dict[str, Any], deploy: dict[str, Any] | Non
     folder.mkdir(parents=True)
     (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
     return folder
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a new folder for the app")
-    parser.add_argument("--config", type=Path, required=True, help="the locfedmix config (TOML)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", default="runs/flower", help="the server's run directory")
-    args = parser.parse_args()
-    if args.folder.exists():
-        parser.error(f"{args.folder} exists; name a new folder")
-    tree = apply_overrides(read_toml(args.config), args.settings)
-    tree.pop("sweep", None)
-    print(write_app(args.folder, tree, {"out": args.out}))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,10 +3,9 @@ certificate and key (for localhost and 127.0.0.1), and one authentication key pa
 format: the private key for `flower-supernode --auth-supernode-private-key`, the public one for `flwr supernode
 register`). For real machines use certificates from your own authority (docs/deploy.md).
 
-    python -m locfedmix.deploy.credentials DIR --nodes 3
+    locfedmix deploy my-app --config ... --credentials 3     # my-app/credentials/
 """
 
-import argparse
 import datetime
 import ipaddress
 from pathlib import Path
@@ -66,18 +65,3 @@ def write_credentials(folder: Path, nodes: int) -> dict[str, Path]:
         _write(paths[f"node-{k}.pub"], key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                                      serialization.PublicFormat.OpenSSH), False)
     return paths
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a new folder for the files")
-    parser.add_argument("--nodes", type=int, default=3, help="SuperNode key pairs to make")
-    args = parser.parse_args()
-    if args.folder.exists():
-        parser.error(f"{args.folder} exists; name a new folder")
-    for name, path in write_credentials(args.folder, args.nodes).items():
-        print(f"{name}: {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -16,13 +16,14 @@ from flwr.app import ConfigRecord, RecordDict
 from locfedmix.algorithms.fedavg import average_states
 from locfedmix.engines.flow.interfaces import Batches, ClientPool, Smashed, Weights
 from locfedmix.engines.transports.flower_exchange import MESSAGE_TYPES, Messenger
+from locfedmix.engines.transports.in_process import OneServerProcess
 from locfedmix.engines.transports.flower_records import Refused, fingerprint, read_tensors, setting, tensors_message
 from locfedmix.errors import ClientsLost, DeploymentError
 
 Templates = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-class FlowerLink:
+class FlowerLink(OneServerProcess):
     """The server's transport to clients on SuperNodes. `templates` names every weight a client's lower model
     (`lower/...`) and head (`head/...`) holds, with shape and dtype, and `cut_shape` the smashed data's shape per
     sample: what replies are checked against. `digests`: each client's lower-model fingerprint as the server knows
@@ -158,11 +159,3 @@ class FlowerLink:
         """Whether every client's lower model is the same, by the fingerprints their replies carried."""
         return len(set(self.digests.values())) == 1
 
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-    def gather(self, pool_state: dict) -> dict:
-        return pool_state
-
-    def scatter(self, state: dict) -> dict:
-        return state

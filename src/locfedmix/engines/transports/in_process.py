@@ -6,7 +6,21 @@ import torch
 from locfedmix.engines.flow.interfaces import Batches, ClientPool, Smashed, Weights
 
 
-class InProcess:
+class OneServerProcess:
+    """What a transport with the server in one process does alike (in one process, or a deployment's server):
+    evaluation sums need no reduction, and a checkpoint's pool state is this process's own."""
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def gather(self, pool_state: dict) -> dict:
+        return pool_state
+
+    def scatter(self, state: dict) -> dict:
+        return state
+
+
+class InProcess(OneServerProcess):
     def owns(self, i: int) -> bool:
         return True
 
@@ -35,11 +49,3 @@ class InProcess:
     def departed(self) -> set[int]:
         return set()
 
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-    def gather(self, pool_state: dict) -> dict:
-        return pool_state
-
-    def scatter(self, state: dict) -> dict:
-        return state

@@ -1,8 +1,11 @@
 """What the library tells its users points at things that exist: every command-line flag named in the source is one
-of `locfedmix`'s own (or torchrun's), and the repository never sends a reader to notes it does not contain."""
+of `locfedmix`'s own (or torchrun's, or one that Flower's commands list in their help), and the repository never
+sends a reader to notes it does not contain."""
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,25 @@ def our_flags() -> set[str]:
     return flags
 
 
+def flower_flags() -> set[str]:
+    """The flags Flower's commands accept, as their --help lists them (the deployment drives these commands)."""
+    bin_dir = Path(sys.executable).parent
+    commands = [["flower-superlink"], ["flower-supernode"], ["flwr", "run"], ["flwr", "supernode", "register"]]
+    flags = set()
+    for command in commands:
+        text = subprocess.run([str(bin_dir / command[0]), *command[1:], "--help"], capture_output=True, text=True,
+                              env={"COLUMNS": "200", "PATH": str(bin_dir)}).stdout
+        flags |= set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*[a-z]", text))
+    return flags
+
+
 def test_every_flag_the_source_names_exists():
     named = {(path.relative_to(ROOT).as_posix(), flag) for path in (ROOT / "src").rglob("*.py")
              for flag in re.findall(r"(?<![\w-])--[a-z][a-z_-]*[a-z]", path.read_text())}
-    assert {(path, flag) for path, flag in named if flag not in our_flags() | TORCHRUN_FLAGS} == set()
+    known = our_flags() | TORCHRUN_FLAGS
+    flower = {(path, flag) for path, flag in named if flag not in known and "/deploy/" in path}
+    assert {(path, flag) for path, flag in named if flag not in known} - flower == set()
+    assert {flag for _, flag in flower} - flower_flags() == set()
 
 
 def test_no_file_refers_to_notes_outside_the_repository():

@@ -26,15 +26,18 @@ GONE = {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, Erro
 
 @dataclass
 class Traffic:
-    """Per kind of message: how many, the serialized bytes each way and the wall-clock seconds of its exchanges."""
+    """Per kind of message: how many, in how many exchanges (all sent at once, all replies awaited), the serialized
+    bytes each way and the wall-clock seconds of its exchanges."""
 
     messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    exchanges: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def summary(self) -> dict[str, dict[str, float]]:
-        return {kind: {"messages": self.messages[kind], "bytes_down": self.bytes_down[kind],
+        return {kind: {"messages": self.messages[kind], "exchanges": self.exchanges[kind],
+                       "bytes_down": self.bytes_down[kind],
                        "bytes_up": self.bytes_up[kind], "seconds": self.seconds[kind]} for kind in self.messages}
 
 
@@ -83,6 +86,7 @@ class Messenger:
             if pending:
                 time.sleep(self.settings.poll_s)
         self.traffic.messages[kind] += len(contents)
+        self.traffic.exchanges[kind] += 1
         self.traffic.seconds[kind] += time.perf_counter() - started
         return replies
 

@@ -75,14 +75,19 @@ def weight_templates(config: Config, input_shape: tuple[int, ...], n_classes: in
 
 
 def remote_step(link: FlowerLink) -> StepExecutor:
-    """A planned step run by the clients on their nodes; the plan's indices are positions in each one's samples."""
+    """A planned step run by the clients on their nodes; the plan's indices are positions in each one's samples.
+    Its wall-clock time is counted (`traffic.step_seconds`): less its exchanges, what the server computed."""
 
     def execute(fed: Federation, plan: dict[int, np.ndarray]) -> float:
         link.step = fed.step
         batches = {i: (torch.as_tensor(rows, dtype=torch.int64), torch.empty(0)) for i, rows in plan.items()}
         mix_rng = numpy_generator(fed.seed, "smashmix", fed.step)
-        return train_step(fed.algo, fed.recipe, fed.clients, fed.server, link, batches, fed.weights(plan), mix_rng,
-                          fed.ledger, fed.defence, fed.step)
+        started = time.perf_counter()
+        try:
+            return train_step(fed.algo, fed.recipe, fed.clients, fed.server, link, batches, fed.weights(plan),
+                              mix_rng, fed.ledger, fed.defence, fed.step)
+        finally:
+            link.traffic.step_seconds += time.perf_counter() - started
 
     return execute
 
@@ -150,7 +155,8 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
         summary = run_summary(fed, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= {"engine": "flower", "label_histograms": [clients[i]["histogram"] for i in range(len(sizes))],
                     "deployment": {"nodes": {i: c["node"] for i, c in clients.items()},
-                                   "messages": link.traffic.summary(), "lost": messenger.losses}}
+                                   "messages": link.traffic.summary(), "step_seconds": link.traffic.step_seconds,
+                                   "lost": messenger.losses}}
         run_dir.finish(summary)
     finally:
         run_dir.close()

@@ -27,13 +27,14 @@ GONE = {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, Erro
 @dataclass
 class Traffic:
     """Per kind of message: how many, in how many exchanges (all sent at once, all replies awaited), the serialized
-    bytes each way and the wall-clock seconds of its exchanges."""
+    bytes each way and the wall-clock seconds of its exchanges; and the wall-clock seconds of the training steps."""
 
     messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     exchanges: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    step_seconds: float = 0.0
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {kind: {"messages": self.messages[kind], "exchanges": self.exchanges[kind],

@@ -70,8 +70,9 @@ def runs(tmp_path_factory):
     config = write_config(base / "sweep.toml", ALGORITHMS)
     succeed([sys.executable, *RUN, "--config", str(config), "--out", str(base / "1")], env=one_thread())
     for world in (2, 3):
+        # torchrun sets one thread per worker only where OMP_NUM_THREADS is unset, and tests/conftest.py sets it
         succeed([*TORCHRUN, f"--nproc_per_node={world}", *RUN, "--config", str(config), "--out", str(base / str(world)),
-                 *DISTRIBUTED])
+                 *DISTRIBUTED], env=one_thread())
     return base
 
 

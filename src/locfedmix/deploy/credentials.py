@@ -7,6 +7,7 @@ register`). For real machines use certificates from your own authority (docs/dep
 """
 
 import datetime
+import os
 import ipaddress
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, sig
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    """A new file; a private key is readable by its owner alone from the moment it exists."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644), "wb") as file:
+        file.write(data)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -210,6 +210,8 @@ def test_the_command_line_writes_an_app_and_refuses_what_cannot_be_deployed(tmp_
     assert sorted(p.name for p in (tmp_path / "app" / "credentials").iterdir()) == [
         "ca.crt", "node-0", "node-0.pub", "node-1", "node-1.pub", "node-2", "node-2.pub", "server.key", "server.pem"]
     assert (tmp_path / "app" / ".gitignore").read_text() == "credentials/\n"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "app" / "credentials").iterdir()}
+    assert {name for name, mode in modes.items() if mode == 0o600} == {"node-0", "node-1", "node-2", "server.key"}
     capsys.readouterr()
     assert main(["deploy", str(tmp_path / "app"), "--config", str(tmp_path / "one.toml")]) == 2
     assert main(["deploy", str(tmp_path / "other"), "--config", str(tmp_path / "sweep.toml")]) == 2

@@ -3,7 +3,9 @@ message built, its arrays serialized, each reply checked; the ClientApps in this
 metrics.csv of `locfedmix.run`; replies that are malformed, oversized or missing are refused with the client named."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import Message
@@ -125,7 +127,7 @@ def test_a_node_that_never_answers_ends_the_wait_naming_it(tmp_path):
                                                                    "deploy.timeout-s": 0.2}
     grid = LoopbackGrid(run_config, 3)
     grid.silent.add(101)
-    with pytest.raises(DeploymentError, match=r"clients \[101\] did not answer query.hello within 0.2 s"):
+    with pytest.raises(DeploymentError, match=r"SuperNodes \[101\] did not answer query.hello within 0.2 s"):
         serve(grid, run_config)
 
 
@@ -220,3 +222,29 @@ def test_the_command_line_writes_an_app_and_refuses_what_cannot_be_deployed(tmp_
     errors = capsys.readouterr().err.splitlines()
     assert [e.split(":")[1].strip() for e in errors] == ["error"] * 3 and len(errors) == 3
     assert "exists" in errors[0] and "[sweep]" in errors[1] and "n_clients" in errors[2]
+
+
+def test_nodes_with_their_own_files_train_on_them_and_score_their_own_test_sets(tmp_path):
+    """Each node reads its own .npz (data-path): the server learns only sizes, shapes and label counts; a run of
+    psl (every client keeps its own model) scores each client's own test set in whole."""
+    rng = np.random.default_rng(0)
+    configs = []
+    for k, n in enumerate((20, 12, 16)):
+        path = tmp_path / f"client-{k}.npz"
+        np.savez(path, x_train=rng.random((n, 1, 8, 8), dtype=np.float32), y_train=rng.integers(0, 4, n),
+                 x_test=rng.random((5 + k, 1, 8, 8), dtype=np.float32), y_test=rng.integers(0, 4, 5 + k))
+        configs.append({"partition-id": k, "data-path": str(path)})
+    run_config = flat({"algorithm": "psl", "dataset": "synthetic", "n_clients": 3, "rounds": 1, "batch_size": 8,
+                       "seed": 0}) | {"deploy.out": str(tmp_path / "out")}
+    summary = serve(LoopbackGrid(run_config, 3, node_configs=configs), run_config)
+    assert summary["label_histograms"] == [np.bincount(np.load(tmp_path / f"client-{k}.npz")["y_train"],
+                                                       minlength=4).tolist() for k in range(3)]
+    assert summary["steps"] == 3  # ceil(20 / 8) steps of the largest client
+    evaluate = summary["deployment"]["messages"]["evaluate"]
+    assert evaluate["messages"] == 3 and math.isnan(summary["final"]["val_loss"])  # no validation sets were given
+    correct = summary["final"]["test_accuracy"] * (5 + 6 + 7)  # over the three clients' own test sets together
+    assert abs(correct - round(correct)) < 1e-9
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    bad = [c if c["partition-id"] else {"partition-id": 0, "data-path": str(tmp_path / "bad.npz")} for c in configs]
+    with pytest.raises(DeploymentError, match="SuperNode 100 failed query.hello: DataError: node data .*bad.npz"):
+        serve(LoopbackGrid(run_config, 3, node_configs=bad), run_config | {"deploy.overwrite": True})

@@ -1,7 +1,7 @@
 """The Flower `ClientApp`: one client of a split-learning run on its own SuperNode. Each message the server sends
 is one of the client's parts of a step or an exchange (docs/deploy.md says which message carries what):
 
-    query.hello       → the client's id, sample count, label histogram and model fingerprint
+    query.hello       → the client's id, sample count, label histogram, shapes and model fingerprint
     train.forward     step, batch positions → smashed data and labels (nothing kept)
     train.backward    step, batch positions, cut gradient (if any) → forward again, backward, optimizer step
     query.weights     → the lower model (and head): the relay's hand-back, FedAvg's upload
@@ -9,15 +9,17 @@ is one of the client's parts of a step or an exchange (docs/deploy.md says which
     evaluate.smashed  evaluation shards → their smashed data and labels, for the server's upper model
 
 The client's models and optimizer live in the node's context between messages (`context.state`); a message that
-does not hold what it must is answered with an error reply naming what is wrong."""
+does not hold what it must is answered with an error reply naming what is wrong. Its data are partition
+`partition-id` of the config's dataset, or the node's own file (`data-path` in the node config; deploy/node.py)."""
 
 import json
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from flwr.clientapp import ClientApp
-from locfedmix.deploy.node import ClientNode, partition_data
+from locfedmix.deploy.node import ClientNode, own_data, partition_data
 from locfedmix.engines.transports.flower_records import read_state, read_tensors, setting, state_record, tensors_message
 from locfedmix.deploy.settings import client_of, deploy_settings, locfedmix_config
 
@@ -28,7 +30,8 @@ def open_node(context: Context) -> ClientNode:
     """This node's client as the last message left it (the seeded initial models before the first step)."""
     config = locfedmix_config(dict(context.run_config))
     client = client_of(dict(context.node_config), config.n_clients)
-    node = ClientNode(config, client, partition_data(config, client))
+    path = context.node_config.get("data-path")
+    node = ClientNode(config, client, own_data(Path(str(path)), config) if path else partition_data(config, client))
     if "pool-tensors" in context.state.array_records:
         saved = RecordDict({"tensors": context.state.array_records["pool-tensors"],
                             "config": context.state.config_records["pool-structure"]})
@@ -66,7 +69,7 @@ def hello(message: Message, context: Context) -> Message:
     reply = ConfigRecord({"client": node.client, "samples": len(node.data.y), "digest": node.digest(),
                           "histogram": json.dumps(node.data.histogram()), "classes": node.data.n_classes,
                           "input_shape": json.dumps(list(node.data.input_shape)),
-                          "evaluation": json.dumps(evaluation)})
+                          "evaluation": json.dumps(evaluation), "own": node.data.own})
     return Message(RecordDict({"config": reply}), reply_to=message)
 
 

@@ -4,8 +4,11 @@ a step's forward is computed again when its cut gradient arrives (the graph does
 costs one more forward pass and gives the very numbers of one process."""
 
 import copy
+import io
+import zipfile
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,8 @@ import torch.nn.functional as F
 
 from locfedmix.api import federate
 from locfedmix.config import Config
+from locfedmix.errors import DataError
+from locfedmix.files import read_bounded
 from locfedmix.engines.assemble import initial_models
 from locfedmix.engines.backends.looped import LoopClients
 from locfedmix.engines.backends.memory import ActivationBudget
@@ -24,12 +29,14 @@ from locfedmix.privacy.defences import Defence
 @dataclass
 class NodeData:
     """One client's training samples (in the order the server's positions index) and the evaluation sets it
-    scores its shards of (split name → inputs, labels)."""
+    scores (split name → inputs, labels): shards of the evaluation sets every client shares for a partition of a
+    dataset, its own sets in whole for its own data."""
 
     x: torch.Tensor
     y: torch.Tensor
     evaluation: dict[str, tuple[torch.Tensor, torch.Tensor]]
     n_classes: int
+    own: bool = False  # the node's own files (each client scores its own evaluation sets), not a partition
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -55,6 +62,30 @@ def _partition_data(config_json: str, client: int) -> NodeData:
     evaluation = {"validation": (ds.x_train[data.val_indices], ds.y_train[data.val_indices]),
                   "test": (ds.x_test[data.test_order], ds.y_test[data.test_order])}
     return NodeData(ds.x_train[rows], ds.y_train[rows], evaluation, ds.n_classes)
+
+
+NODE_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
+
+
+def own_data(path: Path, config: Config) -> NodeData:
+    """A node's own data: a NumPy .npz file (read with allow_pickle=False, at most `data.memory_mb`) holding
+    x_train and y_train, and its own evaluation sets x_test/y_test and optionally x_val/y_val. The arrays are used
+    as given (no standardization: only the node knows its data); labels are integers 0..n_classes-1."""
+    raw = read_bounded(path, int(config.data.memory_mb * 2**20), "node data", DataError)
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in NODE_ARRAYS if name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"node data '{path}' is not a NumPy .npz file of arrays: {err}") from None
+    missing = [name for name in NODE_ARRAYS[:4] if name not in arrays]
+    if missing:
+        raise DataError(f"node data '{path}' lacks {', '.join(missing)}; it needs x_train, y_train, x_test, y_test")
+    x = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in arrays.items() if k.startswith("x_")}
+    y = {k: torch.as_tensor(v, dtype=torch.int64) for k, v in arrays.items() if k.startswith("y_")}
+    evaluation = {split: (x[f"x_{short}"], y[f"y_{short}"]) for split, short in (("test", "test"), ("validation", "val"))
+                  if f"x_{short}" in x}
+    classes = int(max(int(t.max()) for t in y.values() if len(t)) + 1)
+    return NodeData(x["x_train"], y["y_train"], evaluation, classes, own=True)
 
 
 class ClientNode:

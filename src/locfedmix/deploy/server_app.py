@@ -24,7 +24,7 @@ from locfedmix.engines.transports.flower import FlowerLink, Templates
 from locfedmix.engines.transports.flower_exchange import Messenger, Traffic
 from locfedmix.engines.transports.flower_records import tensors_message
 from locfedmix.errors import DeploymentError
-from locfedmix.evaluation import Shard, combine_scores, deployed_shards
+from locfedmix.evaluation import Shard, combine_scores, deployed_models, deployed_shards
 from locfedmix.results import RunDirectory
 from locfedmix.rng import numpy_generator
 from locfedmix.rounds import Workload, train_rounds
@@ -51,7 +51,7 @@ def greet(grid: Grid, config: Config, settings: DeploySettings) -> tuple[dict[in
     """Client id → what its node said (node id, samples, histogram, shapes, fingerprint), one node per client; and
     the greeting's traffic."""
     nodes = wait_for_nodes(grid, config.n_clients, settings)
-    hello = Messenger(grid, {n: n for n in nodes}, settings)
+    hello = Messenger(grid, {n: n for n in nodes}, settings, who="SuperNode")
     clients: dict[int, dict[str, Any]] = {}
     for node, content in hello.exchange("hello", {n: RecordDict({"config": ConfigRecord({})}) for n in nodes}).items():
         said = {k: json.loads(v) if k in ("histogram", "input_shape", "evaluation") else v
@@ -120,15 +120,36 @@ def remote_scores(link: FlowerLink, splits: dict[str, list[Shard]], batch_size: 
     return scores
 
 
-def remote_row(link: FlowerLink, config: Config, sizes: dict[str, int]):
-    """A metrics.csv row measured through the clients: validation and test shards scored as in one process."""
+def own_shards(fed: Federation, link: FlowerLink, sizes: dict[int, int]) -> list[Shard]:
+    """Every client scoring its own evaluation set in whole (`sizes`: client → its size) with the model deployed
+    for it: its own lower model and its upper, or for the relay the current model (fetched from its holder)."""
+    if not fed.recipe.relay:
+        return [(i, None, fed.server.upper_of(i), 0, n) for i, n in sizes.items() if n]
+    holder, state, upper, _ = deployed_models(fed)[0]
+    state = state or link.broadcast_lower(fed.clients, holder)
+    return [(i, state, upper, 0, n) for i, n in sizes.items() if n]
+
+
+def remote_row(link: FlowerLink, config: Config, clients: dict[int, dict[str, Any]]):
+    """A metrics.csv row measured through the clients: for partitions of a dataset, validation and test shards
+    scored as in one process; for clients with their own data, each client's own sets in whole."""
+    own = all(c["own"] for c in clients.values())
+    shared = clients[0]["evaluation"]
 
     def row(fed: Federation, round_index: int, train_loss: float) -> dict[str, Any]:
-        splits = {split: deployed_shards(fed, n) for split, n in sizes.items() if n}
+        splits = {}
+        for split in ("validation", "test"):
+            sizes = {i: c["evaluation"].get(split, 0) for i, c in clients.items()}
+            if own and any(sizes.values()):
+                splits[split] = own_shards(fed, link, sizes)
+            elif not own and shared.get(split):
+                splits[split] = deployed_shards(fed, shared[split])
         scores = remote_scores(link, splits, config.eval.batch_size, fed.step)
-        result = {split: combine_scores(fed, splits[split], scores[split], n) if n else (float("nan"), float("nan"))
-                  for split, n in sizes.items()}
-        return metrics_row(fed, config, round_index, train_loss, result["validation"], result["test"])
+        result = {split: combine_scores(fed, shards, scores[split], sum(stop - start for *_, start, stop in shards))
+                  for split, shards in splits.items()}
+        nan = (float("nan"), float("nan"))
+        return metrics_row(fed, config, round_index, train_loss, result.get("validation", nan),
+                           result.get("test", nan))
 
     return row
 
@@ -138,15 +159,17 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     config, settings = locfedmix_config(run_config), deploy_settings(run_config)
     clients, traffic = greet(grid, config, settings)
-    first = clients[0]
-    input_shape, n_classes = tuple(first["input_shape"]), int(first["classes"])
+    input_shape, n_classes = tuple(clients[0]["input_shape"]), max(int(c["classes"]) for c in clients.values())
+    if len({c["own"] for c in clients.values()}) > 1:
+        raise DeploymentError("some SuperNodes have their own data (data-path) and some a partition (partition-id "
+                              "alone); give all of them their own data, or none")
     cut_shape, templates = weight_templates(config, input_shape, n_classes)
     messenger = Messenger(grid, {i: c["node"] for i, c in clients.items()}, settings, traffic)
     link = FlowerLink(messenger, cut_shape, templates, {i: c["digest"] for i, c in clients.items()},
                       config.client_optimizer.on_sync == "reset")
     sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
     fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
-    work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, first["evaluation"]))
+    work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, clients))
     run_dir = RunDirectory(settings.out, config, settings.overwrite)
     state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0}
     try:

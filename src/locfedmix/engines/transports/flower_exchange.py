@@ -43,10 +43,12 @@ class Traffic:
 
 
 class Messenger:
-    """Client id → node id (`nodes`), with the clients whose node was lost; `traffic` counts everything sent."""
+    """Client id → node id (`nodes`), with the clients whose node was lost; `traffic` counts everything sent. `who`
+    names the keys of `nodes` in messages ("SuperNode" while they are node ids, before the greeting)."""
 
-    def __init__(self, grid: Grid, nodes: dict[int, int], settings: DeploySettings, traffic: Traffic | None = None):
-        self.grid, self.nodes, self.settings = grid, nodes, settings
+    def __init__(self, grid: Grid, nodes: dict[int, int], settings: DeploySettings, traffic: Traffic | None = None,
+                 who: str = "client"):
+        self.grid, self.nodes, self.settings, self.who = grid, nodes, settings, who
         self.traffic = traffic or Traffic()
         self.lost: set[int] = set()
         self.losses: list[dict[str, object]] = []  # every time a client was found gone: message, client, why
@@ -68,7 +70,7 @@ class Messenger:
             for reply in self.grid.pull_messages(list(pending)):
                 i = pending.pop(reply.metadata.reply_to_message_id)
                 if reply.has_error() and not tolerate:
-                    raise DeploymentError(f"client {i} failed {MESSAGE_TYPES[kind]}: {reply.error.reason}")
+                    raise DeploymentError(f"{self.who} {i} failed {MESSAGE_TYPES[kind]}: {reply.error.reason}")
                 if reply.has_error():
                     gone = "node gone" if reply.error.code in GONE else "failed"
                     self.lose(i, kind, f"{gone}: {reply.error.reason}")
@@ -79,7 +81,7 @@ class Messenger:
             waited = time.perf_counter() - started
             if pending and waited > (self.settings.reply_timeout_s if tolerate else self.settings.timeout_s):
                 if not tolerate:
-                    raise DeploymentError(f"clients {sorted(pending.values())} did not answer "
+                    raise DeploymentError(f"{self.who}s {sorted(pending.values())} did not answer "
                                           f"{MESSAGE_TYPES[kind]} within {self.settings.timeout_s:g} s")
                 for i in pending.values():
                     self.lose(i, kind, f"no reply within {self.settings.reply_timeout_s:g} s")

@@ -67,6 +67,29 @@ def test_door6_a_resume_may_raise_rounds_and_continues_the_same_experiment(tmp_p
     assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
+def test_door6_a_run_from_before_newer_settings_resumes_as_it_was(tmp_path):
+    """A run written before three settings existed (its config.toml and checkpoint record lack them): the two
+    that arrived with today's behaviour as their default resume as they are, and data.normalize, whose default
+    changed the numbers, is read as it was then (off). The resumed run ends with an uninterrupted run's numbers."""
+    out = finished_run(tmp_path, rounds=1, data={"normalize": False})
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    experiment = json.loads(state["experiment"])
+    for section, key in (("client_optimizer", "on_sync"), ("engine", "threads"), ("data", "normalize")):
+        del experiment[section][key]
+    fixed = json.dumps({k: v for k, v in experiment.items() if k != "rounds"}, sort_keys=True)
+    state["experiment"], state["fingerprint"] = json.dumps(experiment), hashlib.sha256(fixed.encode()).hexdigest()
+    torch.save(state, out / "checkpoint.pt")
+    old = [line for line in (out / "config.toml").read_text().splitlines()
+           if not line.startswith(("on_sync =", "threads =", "normalize ="))]
+    (out / "config.toml").write_text("\n".join(old).replace("rounds = 1", "rounds = 2") + "\n")
+    done = locfedmix("run", "--resume", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    reference = tmp_path / "reference"
+    assert locfedmix(*run_args(tmp_path / "base.toml", reference, "--set", "rounds=2",
+                               "--set", "data.normalize=false")).returncode == 0
+    assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
 def test_door7_summary_json_is_strict_json_with_null_for_what_is_not_finite(tmp_path):
     out = finished_run(tmp_path, data={"val_fraction": 0.0})  # no validation split: its loss is not a number
 

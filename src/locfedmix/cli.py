@@ -140,11 +140,13 @@ def _resume(args: argparse.Namespace) -> None:
     from locfedmix.api import run
     from locfedmix.config import validate
     from locfedmix.config_files import read_toml
+    from locfedmix.run_guard import as_written_then
 
     if args.config or args.overrides:
         raise UserError("--resume continues a run with its own config.toml; drop --config and --set")
     directory = Path(args.resume)
-    config = validate(read_toml(directory / "config.toml"))  # as written, whoever wrote it (the CLI or the API)
+    # as written, whoever wrote it (the CLI or the API), and by whichever version: what it predates, it did not do
+    config = validate(as_written_then(read_toml(directory / "config.toml")))
     summary = run(config, directory, progress=not args.no_progress, resume=True, tune_process=True)
     _warn(summary)
     row = _result_row(config.algorithm, summary)

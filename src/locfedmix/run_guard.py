@@ -2,13 +2,14 @@
 replaces or removes), the checks before a run writes into a folder, and the fingerprint of the experiment a
 checkpoint continues (SECURITY.md, section 6)."""
 
+import copy
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from locfedmix.config import Config
+from locfedmix.config import Config, validate
 from locfedmix.errors import UserError
 from locfedmix.files import RunLock, reason
 
@@ -97,6 +98,28 @@ def experiment_record(config: Config) -> tuple[str, str]:
     return json.dumps(tree, sort_keys=True), hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
 
 
+# Settings whose default changed what a run computes when they were added: a config.toml or checkpoint record
+# written before them meant the behaviour of its time (pixels in [0, 1] before input standardization).
+BEFORE_THEY_EXISTED = {("data", "normalize"): False}
+
+
+def as_written_then(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config tree read from an earlier run with the settings it predates set to what it did then."""
+    for (section, key), value in BEFORE_THEY_EXISTED.items():
+        if isinstance(tree.setdefault(section, {}), dict):
+            tree[section].setdefault(key, value)
+    return tree
+
+
+def _completed(record: dict[str, Any]) -> dict[str, Any]:
+    """A recorded experiment with every setting added since at its default (or at what it did then, above): a
+    checkpoint from before a new key resumes when the key keeps its default."""
+    try:
+        return json.loads(experiment_record(validate(as_written_then(copy.deepcopy(record))))[0])
+    except UserError:  # a record this version cannot read as a config: compared as it stands
+        return record
+
+
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -117,7 +140,7 @@ def check_same_experiment(state: dict[str, Any], config: Config, path: Path) -> 
     if not isinstance(before, dict) or type(before.get(MAY_GROW)) is not int:
         raise UserError(f"checkpoint '{path}' has an unreadable 'experiment' record")
     now = json.loads(experiment_record(config)[0])
-    old, new = _flat(before), _flat(now)
+    old, new = _flat(_completed(before)), _flat(now)
     changed = [f"{key} ({old.get(key)!r} → {new.get(key)!r})" for key in sorted(old.keys() | new.keys())
                if key != MAY_GROW and old.get(key) != new.get(key)]
     if changed:
@@ -127,5 +150,6 @@ def check_same_experiment(state: dict[str, Any], config: Config, path: Path) -> 
     if config.rounds < before[MAY_GROW]:
         raise UserError(f"config.toml beside '{path}' lowers rounds from {before[MAY_GROW]} to {config.rounds}; a "
                         "resume may only raise rounds")
-    if fingerprint != experiment_record(config)[1]:
+    fixed = {key: value for key, value in before.items() if key != MAY_GROW}
+    if fingerprint != hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest():
         raise UserError(f"checkpoint '{path}' has an 'experiment' record that does not match its fingerprint")

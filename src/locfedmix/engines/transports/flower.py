@@ -147,11 +147,11 @@ class FlowerLink(OneServerProcess):
 
     def average(self, pool: ClientPool, weights: list[float], heads: bool) -> None:
         """FedAvg on the server: the reporters (weight > 0) upload, the δ-weighted average of those that answered
-        goes to every client (one that is away takes it when it is back)."""
+        goes to every client (one that is away takes it when it is back). A reporter that does not answer is left out
+        of this average alone: the round it belonged to is over."""
         states = self.fetch([i for i, w in enumerate(weights) if w], heads, tolerate=True)
         if not states:
             return
-        self._departed |= {i for i, w in enumerate(weights) if w and i not in states}
         self.global_weights = average_states([states[i] for i in sorted(states)], [weights[i] for i in sorted(states)])
         self.send_weights(list(range(len(weights))), self.global_weights)
 

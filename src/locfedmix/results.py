@@ -112,7 +112,7 @@ class RunDirectory:
         if resume:
             return
         try:
-            atomic_write(self.path / "config.toml", lambda f: f.write(self._config_toml().encode()))
+            self.write_config()
             self.rewrite_metrics([])
             self.events.reset()
         except OSError as err:
@@ -125,6 +125,11 @@ class RunDirectory:
                 f"'{self.path}' once the cause is fixed)" if self.saved_round is not None else
                 "no checkpoint had been written yet")
         return RunFault(f"cannot write '{path}': {reason(err)}; {kept}")
+
+    def write_config(self) -> None:
+        """config.toml: the run's config (a resumed deployment, whose config comes from Flower's run config, writes
+        it again: its rounds may have grown)."""
+        atomic_write(self.path / "config.toml", lambda f: f.write(self._config_toml().encode()))
 
     def _config_toml(self) -> str:
         return tomli_w.dumps(self.config.model_dump(mode="json", exclude_none=True))

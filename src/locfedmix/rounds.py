@@ -34,6 +34,12 @@ class Workload:
     after_round: Callable[[Federation, int], None] = field(default=_nothing)
 
 
+def checkpoint_due(config: Config, round_index: int) -> bool:
+    """Whether a run checkpoints after this round: every `checkpoint_every` rounds and after the last."""
+    return bool(config.checkpoint_every) and (round_index % config.checkpoint_every == 0
+                                              or round_index == config.rounds)
+
+
 def progress_note(round_index: int, rounds: int, train_loss: float, rows: list[dict[str, Any]]) -> str:
     """The progress bar's text after a round: the round, its training loss and the last test accuracy."""
     accuracy = f"{rows[-1]['test_accuracy']:.3f}" if rows else "-"
@@ -66,7 +72,7 @@ def train_rounds(fed: Federation, work: Workload, config: Config, run_dir: RunDi
                     run_dir.append(state["rows"][-1])
             bar.set_postfix_str(progress_note(r, config.rounds, train_loss, state["rows"]))
             work.after_round(fed, r)
-            if checkpoints and config.checkpoint_every and (r % config.checkpoint_every == 0 or r == config.rounds):
+            if checkpoints and checkpoint_due(config, r):
                 checkpoint = {**state, "federation": fed.state_dict()}
                 if run_dir:
                     run_dir.save_checkpoint(checkpoint)

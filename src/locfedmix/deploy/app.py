@@ -25,8 +25,8 @@ def write_app(folder: Path, config: dict[str, Any], deploy: dict[str, Any] | Non
                     "license": "MIT", "dependencies": ["locfedmix[flower]"]},
         "tool": {"hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
                  "flwr": {"app": {"publisher": "locfedmix", "components": COMPONENTS,
-                                  "config": config | {"deploy": {"out": "runs/flower", "overwrite": False}
-                                                      | (deploy or {})}}}},
+                                  "config": config | {"deploy": {"out": "runs/flower", "overwrite": False,
+                                                                 "resume": False} | (deploy or {})}}}},
     }
     folder.mkdir(parents=True)
     (folder / "pyproject.toml").write_text(tomli_w.dumps(project))

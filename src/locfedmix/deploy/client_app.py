@@ -7,10 +7,13 @@ is one of the client's parts of a step or an exchange (docs/deploy.md says which
     query.weights     → the lower model (and head): the relay's hand-back, FedAvg's upload
     train.load        lower model (and head) → loaded: the relay's hand-over, FedAvg's average
     evaluate.smashed  evaluation shards → their smashed data and labels, for the server's upper model
+    train.save        deployment id, round → the client's state saved on its node, beside the server's checkpoint
+    train.restore     deployment id, round → that saved state loaded: a restarted server's deployment continues
 
 The client's models and optimizer live in the node's context between messages (`context.state`); a message that
 does not hold what it must is answered with an error reply naming what is wrong. Its data are partition
-`partition-id` of the config's dataset, or the node's own file (`data-path` in the node config; deploy/node.py)."""
+`partition-id` of the config's dataset, or the node's own file (`data-path` in the node config; deploy/node.py);
+its saved states are under the node's `state-dir` (deploy/node_store.py)."""
 
 import json
 from pathlib import Path
@@ -20,6 +23,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from flwr.clientapp import ClientApp
 from locfedmix.deploy.node import ClientNode, own_data, partition_data
+from locfedmix.deploy.node_store import NodeStore
 from locfedmix.engines.transports.flower_records import read_state, read_tensors, setting, state_record, tensors_message
 from locfedmix.deploy.settings import client_of, deploy_settings, locfedmix_config
 
@@ -133,3 +137,35 @@ def smashed(message: Message, context: Context) -> Message:
             split, start, stop, int(setting(message.content, "batch_size")), int(setting(message.content, "step")),
             state)
     return Message(tensors_message(out), reply_to=message)
+
+
+def store(node: ClientNode, message: Message, context: Context) -> tuple[NodeStore | None, int]:
+    """Where this client keeps its states for the message's deployment (None: the node has no `state-dir`), and
+    the message's round."""
+    root = context.node_config.get("state-dir")
+    deployment, round_index = str(setting(message.content, "deployment")), int(setting(message.content, "round"))
+    return (NodeStore(Path(str(root)), deployment, node.client, limit(context)) if root else None), round_index
+
+
+@app.train("save")
+def save(message: Message, context: Context) -> Message:
+    """The client's state saved on this node for the round the server checkpoints (nothing without a state-dir)."""
+    node = open_node(context)
+    where, round_index = store(node, message, context)
+    if where:
+        where.save(node.pool.state_dict(), round_index)
+    reply = ConfigRecord({"saved": where is not None, "digest": node.digest()})
+    return Message(RecordDict({"config": reply}), reply_to=message)
+
+
+@app.train("restore")
+def restore(message: Message, context: Context) -> Message:
+    """The state this node saved at the server's checkpoint round, loaded: the restarted deployment continues it."""
+    node = open_node(context)
+    where, round_index = store(node, message, context)
+    state = where.load(round_index) if where else None
+    if state is not None:
+        node.pool.load_state_dict(state)
+        keep(node, context)
+    reply = ConfigRecord({"restored": state is not None, "digest": node.digest()})
+    return Message(RecordDict({"config": reply}), reply_to=message)

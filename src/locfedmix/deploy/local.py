@@ -96,9 +96,12 @@ class LocalFederation:
                                                 cwd=self.folder)
 
     def start_node(self, k: int) -> None:
-        """SuperNode k (again, after `kill_node`): client k, its runtime API on a port of its own."""
+        """SuperNode k (again, after `kill_node`): client k, its runtime API on a port of its own, keeping its saved
+        states (for a resumed run) in `folder/node-k`."""
         command = [str(self.bin / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port",
-                   str(free_port()), "--node-config", f"partition-id={k} num-partitions={self.n}", *self._security()]
+                   str(free_port()), "--node-config",
+                   f"partition-id={k} num-partitions={self.n} state-dir='{self.folder / f'node-{k}'}'",
+                   *self._security()]
         if not self.insecure:
             command += ["--root-certificates", str(self.credentials["ca"]), "--auth-supernode-private-key",
                         str(self.credentials[f"node-{k}"])]

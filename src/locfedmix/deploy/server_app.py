@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from locfedmix.api import metrics_row, run_summary
 from locfedmix.config import Config
 from locfedmix.deploy.node import upper_scores
+from locfedmix.deploy.resume import checkpointing, new_deployment_id, restore_clients, resumed_state
 from locfedmix.deploy.settings import DeploySettings, deploy_settings, locfedmix_config
 from locfedmix.engines.assemble import build_federation, initial_models
 from locfedmix.engines.flow.round import StepExecutor
@@ -25,7 +26,7 @@ from locfedmix.engines.transports.flower_exchange import Messenger, Traffic
 from locfedmix.engines.transports.flower_records import tensors_message
 from locfedmix.errors import DeploymentError
 from locfedmix.evaluation import Shard, combine_scores, deployed_models, deployed_shards
-from locfedmix.results import RunDirectory
+from locfedmix.results import RunDirectory, restore_federation
 from locfedmix.rng import numpy_generator
 from locfedmix.rounds import Workload, train_rounds
 
@@ -122,11 +123,12 @@ def remote_scores(link: FlowerLink, splits: dict[str, list[Shard]], batch_size: 
 
 def own_shards(fed: Federation, link: FlowerLink, sizes: dict[int, int]) -> list[Shard]:
     """Every client scoring its own evaluation set in whole (`sizes`: client → its size) with the model deployed
-    for it: its own lower model and its upper, or for the relay the current model (fetched from its holder)."""
+    for it: its own lower model and its upper, or for the relay the current model (fetched from its holder; where
+    its node is gone, the model the server last received, if any)."""
     if not fed.recipe.relay:
         return [(i, None, fed.server.upper_of(i), 0, n) for i, n in sizes.items() if n]
     holder, state, upper, _ = deployed_models(fed)[0]
-    state = state or link.broadcast_lower(fed.clients, holder)
+    state = state or link.broadcast_lower(fed.clients, holder) or fed.relay_model
     return [(i, state, upper, 0, n) for i, n in sizes.items() if n]
 
 
@@ -155,7 +157,8 @@ def remote_row(link: FlowerLink, config: Config, clients: dict[int, dict[str, An
 
 
 def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
-    """Run the deployment the run config describes and return its summary (also written to `deploy.out`)."""
+    """Run the deployment the run config describes and return its summary (also written to `deploy.out`); with
+    `deploy.resume`, continue the one whose checkpoint is there (deploy/resume.py)."""
     started = time.perf_counter()
     config, settings = locfedmix_config(run_config), deploy_settings(run_config)
     clients, traffic = greet(grid, config, settings)
@@ -170,16 +173,25 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
     fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
     work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, clients))
-    run_dir = RunDirectory(settings.out, config, settings.overwrite)
-    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0}
+    run_dir = RunDirectory(settings.out, config, settings.overwrite, settings.resume)
+    state: dict[str, Any] = {"round": 0, "rows": [], "train_seconds": 0.0, "leakage": [], "trained_rounds": 0,
+                             "deployment": new_deployment_id()}
     try:
-        run_dir.begin(None, False)
-        train_rounds(fed, work, config, run_dir, state, False, None, False)
+        checkpoint = run_dir.load_checkpoint() if settings.resume else None
+        resumed = None
+        if checkpoint is not None:
+            restore_federation(fed, checkpoint, run_dir.checkpoint)
+            state = resumed_state(checkpoint, state, run_dir.checkpoint)
+            resumed = restore_clients(fed, link, state)
+            run_dir.write_config()
+        work.after_round = checkpointing(link, config, state)
+        run_dir.begin(checkpoint, settings.resume)
+        train_rounds(fed, work, config, run_dir, state, False, None, True)
         summary = run_summary(fed, config, state["rows"], time.perf_counter() - started, state["train_seconds"])
         summary |= {"engine": "flower", "label_histograms": [clients[i]["histogram"] for i in range(len(sizes))],
                     "deployment": {"nodes": {i: c["node"] for i, c in clients.items()},
                                    "messages": link.traffic.summary(), "step_seconds": link.traffic.step_seconds,
-                                   "lost": messenger.losses}}
+                                   "lost": messenger.losses, "resumed": resumed}}
         run_dir.finish(summary)
     finally:
         run_dir.close()

@@ -14,7 +14,8 @@ DEPLOY = "deploy."
 
 @dataclass(frozen=True)
 class DeploySettings:
-    """out: the server's run directory (overwrite: replace a run of ours there); timeout_s: how long the server
+    """out: the server's run directory (overwrite: replace a run of ours there; resume: continue the run whose
+    checkpoint is there, each client from the state its node saved then); timeout_s: how long the server
     waits for the SuperNodes to connect and for a reply it cannot do without (the greeting, an evaluation);
     reply_timeout_s: how long it waits for a step's or an exchange's reply before that client counts as lost (a
     dead node that Flower has not yet reported); max_message_mb: the largest tensor payload a message may carry;
@@ -22,6 +23,7 @@ class DeploySettings:
 
     out: str = "runs/flower"
     overwrite: bool = False
+    resume: bool = False
     timeout_s: float = 600.0
     reply_timeout_s: float = 120.0
     max_message_mb: float = 512.0

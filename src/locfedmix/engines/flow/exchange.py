@@ -28,13 +28,16 @@ def _close_exchange(fed: Federation) -> None:
 
 def hand_off(fed: Federation, to: int) -> None:
     """Relay: the client that trained last hands its lower weights back to the server, which passes them on to the
-    next. After the holder failed there is nothing to hand back: the next client gets the model the server last
-    received (before any hand-off, a client starts from the model it has, the shared initial one)."""
+    next. After the holder failed (or its machine is gone when the hand-back is asked for: a deployment) there is
+    nothing to hand back: the next client gets the model the server last received (before any hand-off, a client
+    starts from the model it has, the shared initial one)."""
     if fed.holder == to:
         return
     if fed.holder is not None:
-        fed.relay_model = fed.transport.broadcast_lower(fed.clients, fed.holder)
-        fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
+        handed = fed.transport.broadcast_lower(fed.clients, fed.holder)
+        if handed is not None:  # a holder whose machine is gone by now hands nothing back: its turn is lost
+            fed.relay_model = handed
+            fed.ledger.send(fed.holder, Kind.LOWER, Direction.UP, fed.model_bytes[Kind.LOWER])
     if fed.relay_model is not None:
         fed.transport.deliver_lower(fed.clients, to, fed.relay_model)
         if fed.reset_on_sync:

@@ -81,10 +81,10 @@ class ClientPool(Protocol):
 
 class Transport(Protocol):
     """How messages travel. The server side needs only what `upload` delivers (every upload of the step, with the
-    labels) and the weights;
-    the clients only what `download` delivers (their cut gradients); FedAvg and the relay move weights through
-    `average`, `broadcast_lower` and `deliver_lower`; `departed` names the clients that stopped answering since it
-    was last asked (a deployment's); `all_reduce` sums evaluation results over processes."""
+    labels) and the weights; the clients only what `download` delivers (their cut gradients); FedAvg and the relay
+    move weights through `average`, `broadcast_lower` (None where the client is gone: a deployment's) and
+    `deliver_lower`; `departed` names the clients that stopped answering since it was last asked (a deployment's);
+    `all_reduce` sums evaluation results over processes."""
 
     def owns(self, i: int) -> bool: ...
 
@@ -94,7 +94,7 @@ class Transport(Protocol):
 
     def download(self, cut_grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]: ...
 
-    def broadcast_lower(self, pool: ClientPool, i: int) -> Weights: ...
+    def broadcast_lower(self, pool: ClientPool, i: int) -> Weights | None: ...
 
     def deliver_lower(self, pool: ClientPool, i: int, weights: Weights) -> None: ...
 

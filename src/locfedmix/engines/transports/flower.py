@@ -139,8 +139,10 @@ class FlowerLink(OneServerProcess):
         for i in set(ids) & self.messenger.lost:
             self.digests[i] = digest  # what it will hold once it is back
 
-    def broadcast_lower(self, pool: ClientPool, i: int) -> Weights:
-        return {k.removeprefix("lower/"): v for k, v in self.fetch([i], False)[i].items()}
+    def broadcast_lower(self, pool: ClientPool, i: int) -> Weights | None:
+        """Client i's lower weights (the relay's hand-back), or None where its node is gone: its turn is lost."""
+        got = self.fetch([i], False, tolerate=True).get(i)
+        return None if got is None else {k.removeprefix("lower/"): v for k, v in got.items()}
 
     def deliver_lower(self, pool: ClientPool, i: int, weights: Weights) -> None:
         self.send_weights([i], {f"lower/{k}": v for k, v in weights.items()})
@@ -154,6 +156,17 @@ class FlowerLink(OneServerProcess):
             return
         self.global_weights = average_states([states[i] for i in sorted(states)], [weights[i] for i in sorted(states)])
         self.send_weights(list(range(len(weights))), self.global_weights)
+
+    def state_dict(self) -> dict:
+        """What the server knows of its clients beyond the federation's state, for its checkpoint: the last FedAvg
+        average, each client's fingerprint, the traffic and the losses so far."""
+        return {"global_weights": self.global_weights, "digests": dict(self.digests),
+                "traffic": self.traffic.state_dict(), "losses": list(self.messenger.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_weights, self.digests = state["global_weights"], dict(state["digests"])
+        self.traffic.load_state_dict(state["traffic"])
+        self.messenger.losses[:0] = state["losses"]
 
     def identical(self, pool: ClientPool) -> bool:
         """Whether every client's lower model is the same, by the fingerprints their replies carried."""

@@ -18,7 +18,9 @@ from locfedmix.engines.transports.flower_records import wire_bytes
 from locfedmix.errors import DeploymentError
 
 MESSAGE_TYPES = {"hello": "query.hello", "forward": "train.forward", "backward": "train.backward",
-                 "weights": "query.weights", "load": "train.load", "evaluate": "evaluate.smashed"}
+                 "weights": "query.weights", "load": "train.load", "evaluate": "evaluate.smashed",
+                 "save": "train.save", "restore": "train.restore"}
+COUNTS = ("messages", "exchanges", "bytes_down", "bytes_up", "seconds")
 log = logging.getLogger(__name__)
 GONE = {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
         ErrorCode.CLIENT_APP_CRASHED}
@@ -40,6 +42,17 @@ class Traffic:
         return {kind: {"messages": self.messages[kind], "exchanges": self.exchanges[kind],
                        "bytes_down": self.bytes_down[kind],
                        "bytes_up": self.bytes_up[kind], "seconds": self.seconds[kind]} for kind in self.messages}
+
+    def state_dict(self) -> dict:
+        """The counts so far, as plain data: a resumed deployment goes on counting from them."""
+        return {name: dict(getattr(self, name)) for name in COUNTS} | {"step_seconds": self.step_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Add the counts of the checkpoint's runs to this one's (its greeting is counted already)."""
+        for name in COUNTS:
+            for kind, value in state[name].items():
+                getattr(self, name)[kind] += value
+        self.step_seconds += state["step_seconds"]
 
 
 class Messenger:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locfedmix.engines.flow.state import Federation
+from locfedmix.models.dropout import shared
 
 
 @torch.no_grad()
@@ -31,7 +32,7 @@ def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tenso
 
 def _identical(modules: list[nn.Module]) -> bool:
     first = modules[0].state_dict()
-    return all(all(torch.equal(first[k], v) for k, v in m.state_dict().items()) for m in modules[1:])
+    return all(all(torch.equal(first[k], v) for k, v in shared(m.state_dict()).items()) for m in modules[1:])
 
 
 def relay_position(fed: Federation) -> tuple[int, dict[str, torch.Tensor] | None]:

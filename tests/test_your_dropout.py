@@ -14,6 +14,8 @@ from torch.func import functional_call, vmap
 from locfedmix import Model, UserError, run, validate
 from locfedmix.algorithms.fedavg import federated_average
 from locfedmix.engines.backends.stacked import StackedModule
+from locfedmix.engines.transports.flower_records import fingerprint
+from locfedmix.latency.flops import count_flops
 from locfedmix.models.dropout import COUNT, KEY, Keyed, KeyedDraws, key_for, keep_mask, keyed, set_key
 
 
@@ -127,3 +129,24 @@ def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(engine, tmp_path
         run(config, tmp_path / "cut", progress=False, dataset=text_data(), model=model)
     run(config, tmp_path / "cut", progress=False, dataset=text_data(), model=model, resume=True)
     assert (tmp_path / "cut" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+
+
+def test_the_latency_model_charges_the_network_as_written():
+    """Keyed attention dropout computes the attention output twice; the FLOPs counted are the network's own."""
+    model = client_dropout_model()
+    lower, upper = model.build((6,), 3)
+    wrapped = keyed(lower, model.example((6,)), "client's segment")
+    assert isinstance(wrapped, Keyed)
+    assert count_flops(wrapped, upper, None, (6,)) == count_flops(wrapped.net, upper, None, (6,))
+
+
+def test_a_deployed_clients_fingerprint_leaves_its_key_out():
+    """The server compares clients' fingerprints to know whether they hold the model it expects (FedAvg's average);
+    clients holding that model differ in their keys alone."""
+    clients = [mlp() for _ in range(2)]
+    for i, c in enumerate(clients):
+        set_key(c, 1, "lower", i)
+    assert fingerprint(clients[0].state_dict()) == fingerprint(clients[1].state_dict())
+    with torch.no_grad():
+        clients[1].net[0].weight.add_(1.0)
+    assert fingerprint(clients[0].state_dict()) != fingerprint(clients[1].state_dict())

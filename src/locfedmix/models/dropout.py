@@ -158,6 +158,11 @@ class Keyed(nn.Module):
         self.register_buffer(KEY, torch.zeros(2, dtype=torch.int64))
         self.register_buffer(COUNT, torch.zeros((), dtype=torch.int64))
 
+    def specified(self) -> nn.Module:
+        """The network as written, for the latency model: keyed attention dropout computes nn.MultiheadAttention's
+        output a second time (KeyedDraws.multi_head), which the simulated clients should not be charged for."""
+        return self.net
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.net(x)

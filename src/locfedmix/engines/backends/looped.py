@@ -46,7 +46,8 @@ class LoopClients(Pool):
     the clients that took part in a step updates each exactly as its own optimizer would (the others keep their
     weights and step counts), in one fused call per step instead of one per client: at 100 × 16, `locfedmix`'s 100
     Adam calls took 20 ms of a 630 ms round. The call sees only those clients' parameters (`_step_params`), so a
-    sequential step of one client among 1,000 does not scan the other 999."""
+    sequential step of one client among 1,000 does not scan the other 999. `seed`: the run's, from which each
+    client's dropout key is derived (models/dropout.py)."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig,
                  budget: ActivationBudget, layout: Layout = Layout.AUTO, first: int = 0, total: int | None = None,

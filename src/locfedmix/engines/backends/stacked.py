@@ -140,7 +140,8 @@ def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
 
 class StackedClients(Pool):
     """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients.
-    `decoder`: the head reconstructs the input, and gets its maps channels-last (`channels_last_maps`)."""
+    `decoder`: the head reconstructs the input, and gets its maps channels-last (`channels_last_maps`). `seed`: the
+    run's, from which each client's dropout key is derived (models/dropout.py)."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int,
                  budget: ActivationBudget, decoder: bool = False, first: int = 0, total: int | None = None,

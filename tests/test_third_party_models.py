@@ -32,11 +32,13 @@ class ClassToken(nn.Module):
         return self.classifier(self.norm(hidden)[:, 0])
 
 
-def vit_blocks(shape, n_classes):
+def vit_blocks(shape, n_classes, dropout: float = 0.0):
     """ViTModel's forward compares the input's dtype before its first layer, which torch.fx cannot follow, so the
-    ViT is handed over as its blocks."""
+    ViT is handed over as its blocks. `dropout`: the embeddings' and hidden states' nn.Dropout and the attention
+    probabilities' (F.scaled_dot_product_attention's dropout_p)."""
     config = ViTConfig(image_size=shape[1], patch_size=4, num_channels=shape[0], hidden_size=16, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=32, num_labels=n_classes)
+                       num_attention_heads=2, intermediate_size=32, num_labels=n_classes, hidden_dropout_prob=dropout,
+                       attention_probs_dropout_prob=dropout)
     vit = ViTForImageClassification(config)
     return [vit.vit.embeddings, *vit.vit.layers, ClassToken(vit.vit.layernorm, vit.classifier)]
 
@@ -50,6 +52,7 @@ def token_parts():
 MODELS = {
     "hf-resnet": (lambda: Model(hf_resnet, cut="resnet.encoder.stages.0"), image_data, 8 * 2 * 2 * 4),  # stride 4
     "vit": (lambda: Model(vit_blocks, cut=2, **token_parts()), image_data, 5 * 16 * 4),
+    "vit-dropout": (lambda: Model(lambda s, n: vit_blocks(s, n, 0.1), cut=2, **token_parts()), image_data, 5 * 16 * 4),
     "text": (lambda: text_model(**text_parts()), text_data, 6 * 16 * 4),
     "text-client-dropout": (client_dropout_model, text_data, 6 * 16 * 4),
 }
@@ -69,17 +72,18 @@ def test_every_algorithm_trains_a_third_party_model(name, algorithm):
 
 
 ENGINE_CASES = [("hf-resnet", "psl"), ("hf-resnet", "locfedmix"), ("hf-resnet", "sl"), ("vit", "psl"), ("vit", "sl"),
-                ("vit", "locfedmix"),
+                ("vit", "locfedmix"), ("vit-dropout", "psl"), ("vit-dropout", "locfedmix"), ("vit-dropout", "sflv1"),
                 *[(text, a) for text in ("text", "text-client-dropout") for a in [*PARALLEL, "sl"]]]
 
 
 @pytest.mark.parametrize("name, algorithm", ENGINE_CASES)
 def test_the_stacked_engine_gives_the_loops_numbers(name, algorithm):
     """BatchNorm (the HF ResNet keeps per-client running statistics in both engines), attention and dropout (the
-    text classifier's, on the server and, cut after the encoder, on the clients: masks drawn from per-client keys,
-    models/dropout.py) are equal to float rounding. One Model serves both runs: the head and decoder the user hands
-    over are instances, which a run copies as they are, so two calls of `token_parts()` would start the two engines
-    from two different decoders (0.15 % apart in the ViT's train loss under locfedmix after one round)."""
+    text classifier's, on the server and, cut after the encoder, on the clients; the ViT's, attention dropout
+    included, on both: masks drawn from per-client keys, models/dropout.py) are equal to float rounding. One Model
+    serves both runs: the head and decoder the user hands over are instances, which a run copies as they are, so two
+    calls of `token_parts()` would start the two engines from two different decoders (0.15 % apart in the ViT's
+    train loss under locfedmix after one round)."""
     model, data, _ = MODELS[name]
     model = model()
     loop = run(config(algorithm), progress=False, model=model, dataset=data())["final"]

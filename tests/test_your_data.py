@@ -1,6 +1,7 @@
 """A user's data: NumPy arrays, map-style torch datasets, an ImageFolder (its duck type, over generated PNG files)
 and Hugging Face datasets, partitioned on their labels alone; bad data refused in one line."""
 
+import weakref
 from pathlib import Path
 
 import datasets as hf
@@ -14,6 +15,7 @@ from torch import nn
 from conftest import interrupted_in_round
 from locfedmix import Model, UserError, run, validate
 from locfedmix.data.sources import read_labels
+from locfedmix.data.streaming import Inputs
 from locfedmix.data.user import to_dataset
 
 CLASSES = ["cat", "dog", "owl"]
@@ -207,3 +209,46 @@ def test_images_are_read_as_channels_first_floats_whatever_their_layout(layout):
     ds = to_dataset({"train": split, "test": split}, layout)
     expected = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     torch.testing.assert_close(ds.x_train, expected, rtol=0, atol=0)
+
+
+class HeldInputs:
+    """The most bytes of streamed inputs (Inputs.stack's outputs: every read of several rows) alive at once."""
+
+    def __init__(self, monkeypatch):
+        self.live = self.peak = 0
+        real = Inputs.stack
+
+        def stack(inputs, rows, samples):
+            out = real(inputs, rows, samples)
+            self.live += out.nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(out, self.release, out.nbytes)
+            return out
+
+        monkeypatch.setattr(Inputs, "stack", stack)
+
+    def release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+@pytest.mark.parametrize("eval_batch, exact", [(8, True), (64, False)])
+def test_streamed_evaluation_holds_no_more_inputs_than_the_budget(eval_batch, exact, tmp_path, monkeypatch):
+    """320 images of 768 B (240 KB) against a 10 KB budget: 13 images a read. With evaluation batches of 8 (6 KB)
+    every batch is the in-memory path's and so are the metrics; with batches of 64 (48 KB) the streamed evaluation
+    runs batches of 13, which moves the metrics by float rounding only."""
+    data = (Images(200, 0), Images(120, 1))
+
+    def config(memory_mb: float):
+        return validate({"algorithm": "psl", "dataset": "synthetic", "n_clients": 2, "rounds": 2, "batch_size": 4,
+                         "seed": 3, "checkpoint_every": 0, "eval": {"batch_size": eval_batch},
+                         "data": {"memory_mb": memory_mb, "workers": 0, "val_fraction": 0.2}})
+
+    held = run(config(1.0), tmp_path / "held", progress=False, dataset=data)
+    reads = HeldInputs(monkeypatch)
+    streamed = run(config(0.01), tmp_path / "streamed", progress=False, dataset=data)
+    assert streamed["data"] == "streaming"
+    assert 0 < reads.peak <= 0.01 * 2**20 and reads.peak == min(eval_batch, 13) * 768
+    if exact:
+        assert (tmp_path / "streamed" / "metrics.csv").read_text() == (tmp_path / "held" / "metrics.csv").read_text()
+    for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+        np.testing.assert_allclose(streamed["final"][key], held["final"][key], rtol=1e-6)

@@ -16,7 +16,7 @@ from locfedmix import registry
 from locfedmix.config import Config
 from locfedmix.data.datasets import DATASETS, Dataset
 from locfedmix.data.normalize import Standardization, standardize
-from locfedmix.data.streaming import StreamingSteps
+from locfedmix.data.streaming import StreamingSteps, evaluation_rows
 from locfedmix.data.user import data_path, load_named, to_dataset
 from locfedmix.data.partition import label_histograms, partition, split_validation
 from locfedmix.engines.backends.denormals import denormals_flushed
@@ -99,12 +99,13 @@ def time_to_target(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
 def evaluate_row(fed: Federation, data: FederatedData, config: Config, round_index: int,
                  train_loss: float) -> dict[str, Any]:
     """One metrics.csv row: validation and test metrics of the deployed models, cumulative bytes and simulated time."""
-    ds, batch = data.dataset, config.eval.batch_size
+    ds, batch, budget = data.dataset, config.eval.batch_size, config.data.memory_mb
     validation = (float("nan"), float("nan"))
     if len(data.val_indices):
-        validation = evaluate_federation(fed, ds.x_train[data.val_indices], ds.y_train[data.val_indices], batch,
-                                         "validation")
-    test = evaluate_federation(fed, ds.x_test[data.test_order], ds.y_test[data.test_order], batch, "test")
+        validation = evaluate_federation(fed, evaluation_rows(ds.x_train, data.val_indices, budget),
+                                         ds.y_train[data.val_indices], batch, "validation")
+    test = evaluate_federation(fed, evaluation_rows(ds.x_test, data.test_order, budget), ds.y_test[data.test_order],
+                               batch, "test")
     return metrics_row(fed, config, round_index, train_loss, validation, test)
 
 

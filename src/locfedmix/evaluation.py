@@ -8,21 +8,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from locfedmix.data.streaming import Rows, read_rows
 from locfedmix.engines.flow.state import Federation
+from locfedmix.models.dropout import shared
 
 
 @torch.no_grad()
-def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor | Rows, y: torch.Tensor, batch_size: int,
              upload: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
     """Mean CE and accuracy (a fraction) of upper(lower(x)) in eval mode, with the client's defence (`upload`)
-    applied to the smashed data where one is configured; restores the modules' training mode."""
+    applied to the smashed data where one is configured; restores the modules' training mode. Streamed inputs
+    (`Rows`) are read batch by batch, in batches no larger than the memory budget holds."""
     modes = lower.training, upper.training
     lower.eval(), upper.eval()
     loss, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        smashed = lower(x[start:start + batch_size])
+    step = batch_size if isinstance(x, torch.Tensor) else min(batch_size, x.per_read)
+    for start in range(0, len(y), step):
+        smashed = lower(read_rows(x[start:start + step], y.device))  # one batch's inputs held at a time
         logits = upper(upload(smashed) if upload is not None else smashed)
-        target = y[start:start + batch_size]
+        target = y[start:start + step]
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(1) == target).sum())
     lower.train(modes[0]), upper.train(modes[1])
@@ -31,7 +35,7 @@ def evaluate(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch.Tenso
 
 def _identical(modules: list[nn.Module]) -> bool:
     first = modules[0].state_dict()
-    return all(all(torch.equal(first[k], v) for k, v in m.state_dict().items()) for m in modules[1:])
+    return all(all(torch.equal(first[k], v) for k, v in shared(m.state_dict()).items()) for m in modules[1:])
 
 
 def relay_position(fed: Federation) -> tuple[int, dict[str, torch.Tensor] | None]:
@@ -74,7 +78,7 @@ Shard = tuple[int, "dict[str, torch.Tensor] | None", nn.Module, int, int]  # cli
 ShardScorer = Callable[[list[Shard]], list[tuple[float, float]]]
 
 
-def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def evaluate_federation(fed: Federation, x: torch.Tensor | Rows, y: torch.Tensor, batch_size: int,
                         purpose: str = "evaluation") -> tuple[float, float]:
     """(loss, accuracy) of the deployed models on (x, y), every model's lower half run here (see `score_deployed`).
     A defence on the uploads applies here too (its noise keyed by `purpose` and the step)."""
@@ -84,7 +88,7 @@ def evaluate_federation(fed: Federation, x: torch.Tensor, y: torch.Tensor, batch
         return [evaluate(deployed_lower(fed, i, state), upper, x[start:stop], y[start:stop], batch_size, upload)
                 for i, state, upper, start, stop in shards]
 
-    return score_deployed(fed, len(y), score, x.device)
+    return score_deployed(fed, len(y), score, y.device)
 
 
 def score_deployed(fed: Federation, n: int, score: ShardScorer,

@@ -48,6 +48,37 @@ class Inputs(torch.utils.data.Dataset):
         return torch.stack(samples) if samples else torch.empty(0, *self.shape[1:])
 
 
+class Rows:
+    """Rows `index` of streamed inputs, not yet read: what evaluation slices instead of the split's tensor, reading
+    `per_read` rows at a time at most (as many as data.memory_mb holds, one at least)."""
+
+    def __init__(self, inputs: Inputs, index: np.ndarray, per_read: int):
+        self.inputs, self.index, self.per_read = inputs, index, per_read
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, window: slice) -> "Rows":
+        return Rows(self.inputs, self.index[window], self.per_read)
+
+    def read(self, device: torch.device) -> torch.Tensor:
+        return self.inputs[self.index].to(device)
+
+
+def evaluation_rows(x: torch.Tensor | Inputs, index: np.ndarray, memory_mb: float) -> torch.Tensor | Rows:
+    """Rows `index` of a split's inputs for evaluation: the tensor's rows when the data are held, else Rows read
+    within the memory budget."""
+    if not isinstance(x, Inputs):
+        return x[index]
+    sample_bytes = estimated_bytes(1, x[int(index[0])]) if len(index) else 1
+    return Rows(x, index, max(1, int(memory_mb * 2**20 // sample_bytes)))
+
+
+def read_rows(x: torch.Tensor | Rows, device: torch.device) -> torch.Tensor:
+    """The inputs of `x` as a tensor on `device` (held rows as they are)."""
+    return x if isinstance(x, torch.Tensor) else x.read(device)
+
+
 def stacked(samples: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
     """A step's samples as one tensor, stacked in the worker (and pinned there on a GPU); left as a list when their
     shapes differ, for the main process to report in one line."""

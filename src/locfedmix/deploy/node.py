@@ -99,7 +99,7 @@ class ClientNode:
         self.cut_shape = model.cut_shape
         budget = ActivationBudget(config.engine.activation_memory_mb, model.lower, head)
         self.pool = LoopClients(model.lower, head, 1, config.client_optimizer, budget, config.engine.layout,
-                                client, config.n_clients)
+                                client, config.n_clients, config.seed)
         privacy = config.privacy
         self.defence = Defence(privacy.clip, privacy.noise_multiplier, privacy.nopeek, config.seed)
 

@@ -25,6 +25,7 @@ from locfedmix.engines.transports.in_process import InProcess
 from locfedmix.latency.flops import count_flops
 from locfedmix.latency.ledger import Kind, Ledger, module_bytes
 from locfedmix.models import SplitModel, build_split_model
+from locfedmix.models.dropout import set_key
 from locfedmix.privacy.defences import Defence
 from locfedmix.rng import seeded_torch
 
@@ -50,7 +51,7 @@ def build_federation(
     else:
         clients = build_pool(config, recipe.parallel, recipe.decoder, model.lower, head, typical_batch, count, first)
         transport = InProcess() if shard is None else Collectives(shard, model.cut_shape, device)
-    server = build_server(algo, recipe, model, config.n_clients, config.server_optimizer)
+    server = build_server(algo, recipe, model, config.n_clients, config.server_optimizer, config.seed)
     model_bytes = {Kind.LOWER: module_bytes(model.lower), Kind.HEAD: module_bytes(head) if head is not None else 0}
     smashed = math.prod(model.cut_shape) * next(model.lower.parameters()).element_size()
     participation = Participation.from_config(config.participation, config.n_clients, config.seed)
@@ -71,10 +72,13 @@ def initial_models(config: Config, algo: Algorithm, input_shape: tuple[int, ...]
 
 
 def build_server(algo: Algorithm, recipe: Recipe, model: SplitModel, n_clients: int,
-                 optimizer: OptimizerConfig) -> Server:
-    """The upper model(s) with their optimizers; SGLR's SplitLr scales the server learning rate by N^exponent."""
+                 optimizer: OptimizerConfig, seed: int = 0) -> Server:
+    """The upper model(s) with their optimizers; SGLR's SplitLr scales the server learning rate by N^exponent.
+    Each copy of the upper model draws its dropout masks from a key of its own."""
     copies = n_clients if recipe.server_copies else 1
     uppers = [copy.deepcopy(model.upper) for _ in range(copies)]
+    for i, upper in enumerate(uppers):
+        set_key(upper, seed, "upper", i)
     if algo.server_lr_exponent:
         optimizer = optimizer.model_copy(update={"lr": optimizer.lr * n_clients ** algo.server_lr_exponent})
     return Server(uppers, [build_optimizer(list(u.parameters()), optimizer) for u in uppers], recipe.server_copies)

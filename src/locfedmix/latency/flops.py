@@ -31,12 +31,12 @@ def as_specified(module: nn.Module) -> nn.Module:
     """`module` with every layer that offers `specified()` (models.auxiliary.UpsampledConv) replaced by the layers it
     computes: the latency model charges a client the decoder as InfoPro specifies it (resize, then convolve), so
     simulated times do not hinge on how this simulator evaluates a layer, and runs before and after the factoring
-    compare."""
+    compare. A segment with keyed dropout (models.dropout.Keyed) is counted as the network it wraps."""
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if hasattr(child, "specified"):
                 setattr(parent, name, child.specified())
-    return module
+    return module.specified() if hasattr(module, "specified") else module
 
 
 def count_flops(lower: nn.Module, upper: nn.Module, head: nn.Module | None, input_shape: tuple[int, ...],

@@ -14,6 +14,7 @@ from locfedmix.models.alexnet import ALEXNET_MIN_SIDE, build_alexnet_blocks
 from locfedmix.models.cnn import CNN_MIN_SIDE, build_cnn_blocks
 from locfedmix.models.custom import Model
 from locfedmix.models.cutting import split_blocks
+from locfedmix.models.dropout import keyed
 from locfedmix.models.resnet import RESNET_MIN_SIDE, build_resnet_blocks
 
 
@@ -117,12 +118,16 @@ def _build_registered(name: str, input_shape: tuple[int, ...], n_classes: int) -
     shape = _smashed_shape(lower, example)
     upper.eval()
     with torch.no_grad():
-        logits = upper(lower.eval()(example))
+        smashed = lower.eval()(example)
+        logits = upper(smashed)
     lower.train(), upper.train()
     if tuple(logits.shape[1:]) != (n_classes,):
         raise UserError(f"the network gives outputs of shape {tuple(logits.shape[1:])} per sample; the data have "
                         f"{n_classes} classes, so it must give ({n_classes},)")
-    return SplitModel(lower, upper, shape, copy.deepcopy(model.head), copy.deepcopy(model.decoder))
+    head, decoder = (keyed(copy.deepcopy(m), smashed, name) if m is not None else None
+                     for m, name in ((model.head, "head"), (model.decoder, "decoder")))
+    return SplitModel(keyed(lower, example, "client's segment"), keyed(upper, smashed, "server's segment"), shape,
+                      head, decoder)
 
 
 def build_split_model(

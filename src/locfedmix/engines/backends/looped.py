@@ -15,6 +15,7 @@ from locfedmix.engines.backends.memory import ActivationBudget, run_forward
 from locfedmix.engines.backends.optimizers import build_optimizer
 from locfedmix.engines.backends.pool import Pool
 from locfedmix.engines.flow.interfaces import Batches
+from locfedmix.models.dropout import own_private, set_key, shared
 
 
 @dataclass
@@ -45,15 +46,21 @@ class LoopClients(Pool):
     the clients that took part in a step updates each exactly as its own optimizer would (the others keep their
     weights and step counts), in one fused call per step instead of one per client: at 100 × 16, `locfedmix`'s 100
     Adam calls took 20 ms of a 630 ms round. The call sees only those clients' parameters (`_step_params`), so a
-    sequential step of one client among 1,000 does not scan the other 999."""
+    sequential step of one client among 1,000 does not scan the other 999. `seed`: the run's, from which each
+    client's dropout key is derived (models/dropout.py)."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig,
-                 budget: ActivationBudget, layout: Layout = Layout.AUTO, first: int = 0, total: int | None = None):
+                 budget: ActivationBudget, layout: Layout = Layout.AUTO, first: int = 0, total: int | None = None,
+                 seed: int = 0):
         super().__init__(n, first, total, head is not None)
         self.budget = budget
         self.layout = loop_layout(lower, layout)
         self.clients = [LoopClient(copy.deepcopy(lower).to(memory_format=self.layout), copy.deepcopy(head))
                         for _ in range(n)]
+        for i, client in enumerate(self.clients):  # each client's own dropout key (models/dropout.py)
+            set_key(client.lower, seed, "lower", first + i)
+            if client.head is not None:
+                set_key(client.head, seed, "head", first + i)
         self.optimizer = build_optimizer([p for c in self.clients for p in c.parameters()], optimizer)
 
     def _forward(self, batches: Batches) -> list[tuple[list[int], torch.Tensor]]:
@@ -102,14 +109,15 @@ class LoopClients(Pool):
         return self.clients[i - self.first].head
 
     def load_lower(self, i: int, state: dict[str, torch.Tensor]) -> None:
-        self.clients[i - self.first].lower.load_state_dict(state)
+        lower = self.clients[i - self.first].lower
+        lower.load_state_dict(own_private(lower, state))
 
     def assign(self, lower: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> None:
         """Every client takes these weights (the broadcast half of a FedAvg computed elsewhere)."""
         for client in self.clients:
-            client.lower.load_state_dict(lower)
+            client.lower.load_state_dict(own_private(client.lower, lower))
             if head is not None:
-                client.head.load_state_dict(head)
+                client.head.load_state_dict(own_private(client.head, head))
 
     def average(self, weights: list[float], heads: bool) -> None:
         """FedAvg with one weight per client of this pool (0 for those that did not report), the result in every
@@ -142,4 +150,5 @@ class LoopClients(Pool):
 
     def identical(self) -> bool:
         first = self.clients[0].lower.state_dict()
-        return all(all(torch.equal(first[k], v) for k, v in c.lower.state_dict().items()) for c in self.clients[1:])
+        return all(all(torch.equal(first[k], v) for k, v in shared(c.lower.state_dict()).items())
+                   for c in self.clients[1:])

@@ -28,6 +28,6 @@ def build_pool(config: Config, parallel: bool, decoder: bool, lower: torch.nn.Mo
     budget = ActivationBudget(config.engine.activation_memory_mb, lower, head)
     if kind is EngineKind.VECTORIZED:
         return StackedClients(lower, head, count, config.client_optimizer, config.engine.chunk_clients, budget,
-                              decoder, first, config.n_clients)
+                              decoder, first, config.n_clients, config.seed)
     return LoopClients(lower, head, count, config.client_optimizer, budget, config.engine.layout, first,
-                       config.n_clients)
+                       config.n_clients, config.seed)

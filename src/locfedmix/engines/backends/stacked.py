@@ -15,6 +15,7 @@ from locfedmix.engines.backends.pool import Pool
 from locfedmix.engines.backends.stacked_layers import stacked_runner
 from locfedmix.engines.backends.stacked_optim import StackedOptimizer
 from locfedmix.engines.flow.interfaces import Batches
+from locfedmix.models.dropout import KEY, PRIVATE, key_for
 
 
 class StackedModule:
@@ -96,9 +97,12 @@ class StackedModule:
         """FedAvg as a weighted mean over the client dimension (weight 0 for a client that did not report),
         broadcast back to every client; one vector-matrix product per tensor, without the [N, ...] temporary of
         weights × stack (75 MB for the CNN's second convolution at 1,000 clients). An integer buffer takes the
-        largest value among the clients that report, as algorithms.fedavg.average_states does."""
+        largest value among the clients that report, as algorithms.fedavg.average_states does; a keyed dropout's
+        key and counter stay each client's own (models/dropout.py)."""
         reported = torch.tensor([i for i, w in enumerate(weights) if w], device=self.device)
-        for t in self.tensors().values():
+        for k, t in self.tensors().items():
+            if k in PRIVATE:
+                continue
             if t.is_floating_point():
                 w = torch.tensor(weights, dtype=t.dtype, device=t.device) / sum(weights)
                 t.copy_((w @ t.reshape(len(t), -1)).view(1, *t.shape[1:]).expand_as(t))
@@ -107,12 +111,21 @@ class StackedModule:
 
     @torch.no_grad()
     def set_rows(self, state: dict[str, torch.Tensor], row: int | None = None) -> None:
-        """Client `row` (every client when None) takes the weights in `state` (a single module's state dict)."""
+        """Client `row` (every client when None) takes the weights in `state` (a single module's state dict); each
+        keeps its own dropout key and counter."""
         for k, t in self.tensors().items():
-            (t if row is None else t[row]).copy_(state[k])
+            if k not in PRIVATE:
+                (t if row is None else t[row]).copy_(state[k])
+
+    @torch.no_grad()
+    def set_keys(self, seed: int, purpose: str, first: int) -> None:
+        """Row i's dropout key is client first + i's (nothing to do without keyed dropout)."""
+        if KEY in self.buffers:
+            keys = self.buffers[KEY]
+            keys.copy_(torch.stack([key_for(seed, purpose, first + i) for i in range(len(keys))]))
 
     def identical(self) -> bool:
-        return all(bool((t == t[:1]).all()) for t in self.tensors().values())
+        return all(bool((t == t[:1]).all()) for k, t in self.tensors().items() if k not in PRIVATE)
 
 
 def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
@@ -127,14 +140,19 @@ def channels_last_maps(t: torch.Tensor) -> torch.Tensor:
 
 class StackedClients(Pool):
     """All clients' models stacked; a step's client work is a few vmap calls instead of a loop over clients.
-    `decoder`: the head reconstructs the input, and gets its maps channels-last (`channels_last_maps`)."""
+    `decoder`: the head reconstructs the input, and gets its maps channels-last (`channels_last_maps`). `seed`: the
+    run's, from which each client's dropout key is derived (models/dropout.py)."""
 
     def __init__(self, lower: nn.Module, head: nn.Module | None, n: int, optimizer: OptimizerConfig, chunk: int,
-                 budget: ActivationBudget, decoder: bool = False, first: int = 0, total: int | None = None):
+                 budget: ActivationBudget, decoder: bool = False, first: int = 0, total: int | None = None,
+                 seed: int = 0):
         super().__init__(n, first, total, head is not None)
         self.chunk, self.budget, self.decoder = chunk, budget, decoder
         self.lowers = StackedModule(lower, n)
         self.heads = StackedModule(head, n) if head is not None else None
+        self.lowers.set_keys(seed, "lower", first)
+        if self.heads is not None:
+            self.heads.set_keys(seed, "head", first)
         params = list(self.lowers.params.values()) + (list(self.heads.params.values()) if self.heads else [])
         self.optimizer = StackedOptimizer(params, n, optimizer)
 

@@ -12,6 +12,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from locfedmix.models.dropout import PRIVATE
+
 CHANNELS_LAST = "channels_last"
 
 
@@ -115,9 +117,12 @@ def wire_bytes(message: Message) -> int:
 
 def fingerprint(state: dict[str, torch.Tensor], prefix: str = "") -> str:
     """SHA-256 of a state's names (less `prefix`) and tensors in order: equal states, equal fingerprints, so the
-    server compares clients' models without receiving them."""
+    server compares clients' models without receiving them. A keyed dropout's key and counter, each client's own,
+    are left out (models/dropout.py)."""
     digest = hashlib.sha256()
     for key, value in state.items():
+        if key.removeprefix(prefix) in PRIVATE:
+            continue
         digest.update(key.removeprefix(prefix).encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

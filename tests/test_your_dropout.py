@@ -114,6 +114,21 @@ def test_a_random_draw_other_than_dropout_is_refused_in_one_line():
     assert "\n" not in str(err.value)
 
 
+def test_a_recurrent_layer_dropping_values_inside_torchs_kernel_is_refused():
+    class Reader(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 4, num_layers=2, dropout=0.2, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    with pytest.raises(UserError, match=r"the client's segment's recurrent layer 'rnn' drops values between its "):
+        keyed(Reader(), torch.rand(1, 3, 4), "client's segment")
+    plain = nn.LSTM(4, 4, num_layers=2, batch_first=True)  # no dropout between its layers: nothing to refuse
+    assert keyed(plain, torch.rand(1, 3, 4), "client's segment") is plain
+
+
 def test_a_network_without_dropout_is_left_as_it_is():
     net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0))
     assert keyed(net, torch.rand(1, 4), "test") is net and not isinstance(net, Keyed)

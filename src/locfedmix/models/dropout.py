@@ -177,6 +177,11 @@ def keyed(segment: nn.Module, example: torch.Tensor, name: str) -> nn.Module:
     """`segment` as a Keyed one when its forward in training draws any dropout (found by running a copy on two
     rows of `example`), unchanged otherwise. A random draw other than dropout is refused: it would come from
     torch's global generator, which no seed of the run controls."""
+    recurrent = [n for n, m in segment.named_modules() if isinstance(m, nn.RNNBase) and m.dropout]
+    if recurrent:
+        raise UserError(f"the {name}'s recurrent layer '{recurrent[0]}' drops values between its layers inside "
+                        "torch's kernel, from torch's global generator, which the run's seed does not control; set "
+                        "its dropout to 0 (or put an nn.Dropout between single-layer recurrent modules)")
     census = _Census()
     trial = copy.deepcopy(segment).train()
     with torch.no_grad(), torch.random.fork_rng(devices=[]), census:  # the trial's draws move no generator

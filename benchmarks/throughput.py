@@ -22,6 +22,8 @@ import copy
 import csv
 import itertools
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -135,6 +137,7 @@ def run_cell(args: argparse.Namespace) -> None:
     if args.host_memory == "keep":  # before either rate: both run under the same allocator settings
         keep_freed_host_memory()
     device = resolve_device(args.device)
+    load = os.getloadavg()[0]  # the machine's 1-minute load before measuring: others' work competes for the cores
     central = centralized_meter(device)
     split, engine, work, recomputed = split_meter(algorithm, n_clients, per_client, args.engine[0], device,
                                                   args.activation_mb[0] if args.activation_mb else None)
@@ -149,7 +152,29 @@ def run_cell(args: argparse.Namespace) -> None:
                       "ratio_min": min(ratios), "ratio_max": max(ratios), "repeats": args.repeats,
                       "work_per_sample": work, "work_ratio": ratio * work,
                       "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads(),
-                      "host_memory": args.host_memory, "denormals": "flushed"}))
+                      "host_memory": args.host_memory, "denormals": "flushed", "load": [load, os.getloadavg()[0]],
+                      "processor": processor(), "cpus": os.cpu_count()}))
+
+
+def processor() -> str:
+    """The CPU's model name (Linux), else what the platform module reports."""
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "unknown"
+
+
+def machine_line(rows: list[dict], device: str) -> str:
+    """Which machine, how fast it trained centrally, and how loaded it was, from the rows themselves."""
+    central = sorted(r["centralized_samples_per_s"] for r in rows)
+    loads = [v for r in rows for v in r.get("load", [])]
+    where = f"{rows[0]['processor']}, {rows[0]['cpus']} CPUs" if "processor" in rows[0] else "not recorded"
+    text = (f"Machine: {where}; centralized training on the {device} ran at {float(np.median(central)):,.0f} "
+            f"samples/s (median over the cells; {central[0]:,.0f}–{central[-1]:,.0f})")
+    return text + (f"; 1-minute load average {min(loads):.2f}–{max(loads):.2f} at the cells' start and end."
+                   if loads else "; load not recorded.")
 
 
 def markdown(rows: list[dict], device: str) -> str:
@@ -168,16 +193,17 @@ def markdown(rows: list[dict], device: str) -> str:
              f"defaults); this table: `{rows[0]['host_memory']}`. Denormal floats: "
              f"{rows[0].get('denormals', 'computed as such (measured before runs flushed them)')} "
              "(engine.flush_denormals). "
-             "`python benchmarks/throughput.py` regenerates this file.", "",
+             "`python benchmarks/throughput.py` regenerates this file. *load*: the machine's 1-minute load average "
+             "when the cell started and ended.", "", machine_line(rows, device), "",
              "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work "
-             "| work ratio | peak MB |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| work ratio | peak MB | load |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | "
                      f"{r.get('recomputed', 0):.0%} | "
                      f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {ratio_cell(r)} | "
                      f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
-                     f"{r['peak_memory_mb']:.0f} |")
+                     f"{r['peak_memory_mb']:.0f} | {'–'.join(f'{v:.1f}' for v in r.get('load', []))} |")
     return "\n".join(lines) + "\n\n" + targets_markdown(rows)
 
 

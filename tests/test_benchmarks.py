@@ -216,6 +216,34 @@ def test_throughput_targets_say_where_each_algorithm_lands_and_its_ceiling_at_ps
     assert "locsplitfed" not in text and text.count("\n| ratio") == 6
 
 
+def test_throughput_targets_give_locfedmix_share_of_psl_flop_rate_and_one_line_per_n():
+    """#29: locfedmix's work ratio ÷ psl's in the same cell and pool, met at ≥ 0.9; the ratios per N side by side."""
+    from throughput_targets import targets_markdown
+
+    rows = [_throughput_row("psl", n, 16, r) for n, r in ((1, 0.6), (10, 0.8), (100, 1.0), (1000, 0.7))]
+    rows += [_throughput_row("locfedmix", 100, 16, 0.62, work=1.5),
+             _throughput_row("locfedmix", 1000, 16, 0.4, work=1.5),
+             _throughput_row("locfedmix", 10, 16, 0.5, work=1.5, engine="StackedClients")]  # no psl on its pool
+    text = targets_markdown(rows)
+    assert "| 100 × 16 | LoopClients | 0.93 | 1.00 | 0.93 | yes |" in text  # 0.62 × 1.5 = 0.93 of 1.0
+    assert "| 1,000 × 16 | LoopClients | 0.60 | 0.70 | 0.86 | **no** |" in text
+    assert "| 10 × 16 | StackedClients" not in text
+    assert "| 16 | 1 | 0.60 (0.59–0.61) |  |" in text and "| 16 | 1,000 | 0.70 (0.69–0.71) | 0.40 (0.39–0.41) |" in text
+    assert [ln.split(" | ")[1] for ln in text.splitlines() if ln.startswith("| 16 | ")] == ["1", "10", "100", "1,000"]
+
+
+def test_throughput_table_names_the_machine_its_centralized_rate_and_load():
+    import throughput
+
+    rows = [{**_throughput_row("psl", 100, 16, 1.0), "load": [1.2, 1.5], "processor": "AMD EPYC", "cpus": 2},
+            {**_throughput_row("sfl", 100, 16, 0.9), "centralized_samples_per_s": 3000.0, "load": [1.1, 2.0],
+             "processor": "AMD EPYC", "cpus": 2}]
+    text = throughput.markdown(rows, "cpu")
+    assert "Machine: AMD EPYC, 2 CPUs; centralized training on the cpu ran at 2,000 samples/s (median over the " \
+           "cells; 1,000–3,000); 1-minute load average 1.10–2.00 at the cells' start and end." in text
+    assert "| 1.00 | 1000 | 1.2–1.5 |" in text
+
+
 def test_throughput_report_only_rebuilds_the_table_from_the_saved_rows(tmp_path, monkeypatch, capsys):
     import throughput
 

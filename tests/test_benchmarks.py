@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,56 @@ def test_throughput_table_names_the_machine_its_centralized_rate_and_load():
     assert "Machine: AMD EPYC, 2 CPUs; centralized training on the cpu ran at 2,000 samples/s (median over the " \
            "cells; 1,000–3,000); 1-minute load average 1.10–2.00 at the cells' start and end." in text
     assert "| 1.00 | 1000 | 1.2–1.5 |" in text
+
+
+def test_decoder_ways_give_the_loops_gradients_and_compile_fails_over(monkeypatch):
+    """benchmarks/decoder_speed.py: every way of computing the decoder lands on the loop's weight gradients (to
+    float32 rounding); where torch.compile cannot build (here: made to raise), its row says why instead."""
+    import decoder_speed
+
+    def fails_at_first_call(*args, **kwargs):  # as inductor does: compiling starts when the function first runs
+        def run(*inputs):
+            raise RuntimeError("no working C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(decoder_speed.torch, "compile", fails_at_first_call)
+    rows = decoder_speed.measure(3, 2, seconds=0.0, repeats=1)
+    ways = {row.split(" | ")[1]: row.split(" | ") for row in rows}
+    assert set(ways) == {"loop", "loop, last conv NCHW", "loop, last conv as tap sums", "batched (vmap)",
+                         "loop, torch.compile"}
+    assert ways["loop, torch.compile"][2] == "unavailable: RuntimeError: no working C++ compiler"
+    gaps = [float(cells[4].strip(" |")) for name, cells in ways.items() if name != "loop, torch.compile"]
+    assert all(g < 1e-5 for g in gaps) and any(g > 0 for g in gaps)  # other sums, the same gradients
+
+
+def gpu_command() -> list[str]:
+    """The arguments of the one GPU command docs/performance.md gives for the 10,000-client rows."""
+    page = (Path(__file__).parent.parent / "docs" / "performance.md").read_text()
+    (command,) = [block for block in re.findall(r"^```sh\n(.*?)^```", page, flags=re.S | re.M)
+                  if block.startswith("python benchmarks/throughput.py --device cuda")]
+    return command.replace("\\\n", " ").split()[2:]
+
+
+def test_the_documented_gpu_command_runs_on_the_cpu_at_tiny_sizes(tmp_path, monkeypatch, capsys):
+    """The documented command as written, but on the CPU with 3 clients × 2 samples (later options win): the table
+    and the targets come out; with no time budget left, every cell is named as not measured and nothing written."""
+    import throughput
+
+    command = gpu_command()
+    assert command[command.index("--clients") + 1] == "10000" and "--budget-s" in command
+    tiny = ["--device", "cpu", "--algorithms", "psl", "locfedmix", "--clients", "3", "--per-client", "2",
+            "--seconds", "0.05", "--repeats", "1"]
+    monkeypatch.setattr(throughput, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *command, *tiny, "--budget-s", "0"])
+    with pytest.raises(SystemExit) as spent:
+        throughput.main()
+    assert spent.value.code == 1 and "psl/3/2/auto, locfedmix/3/2/auto" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *command, *tiny])
+    throughput.main()
+    tag = command[command.index("--tag") + 1]
+    table = (tmp_path / f"THROUGHPUT-{tag}.md").read_text()
+    assert "| psl | 3 | 2 |" in table and "| locfedmix | 3 | 2 |" in table and "| 3 × 2 | StackedClients |" in table
 
 
 def test_throughput_report_only_rebuilds_the_table_from_the_saved_rows(tmp_path, monkeypatch, capsys):

@@ -295,6 +295,20 @@ def test_the_documented_gpu_command_runs_on_the_cpu_at_tiny_sizes(tmp_path, monk
     assert "| psl | 3 | 2 |" in table and "| locfedmix | 3 | 2 |" in table and "| 3 × 2 | StackedClients |" in table
 
 
+def test_profile_split_puts_convolutions_in_the_kernels_and_accounts_for_the_wall_time():
+    import profile_step
+    import torch
+
+    prof, seconds, samples = profile_step.profiled_centralized(65, torch.device("cpu"))
+    assert samples == 128  # whole steps of 64 until at least 65 samples
+    parts = profile_step.split(prof, seconds)
+    conv = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e6
+    assert conv > 0 and parts["kernels"] >= conv and parts["other operators"] > 0
+    assert sum(parts.values()) == pytest.approx(max(seconds, parts["kernels"] + parts["other operators"]))
+    line = profile_step.split_line("x", parts, samples)
+    assert line.startswith("| x | ") and line.count("|") == 6
+
+
 def test_throughput_report_only_rebuilds_the_table_from_the_saved_rows(tmp_path, monkeypatch, capsys):
     import throughput
 

@@ -186,7 +186,10 @@ def machine_line(rows: list[dict], device: str) -> str:
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    where = (rows[0].get("card") or "GPU not recorded") if device == "cuda" else f"{rows[0]['threads']} threads"
+    threads = rows[0]["threads"]
+    where = f"{threads} thread{'s' if threads != 1 else ''}"
+    if device == "cuda":
+        where = rows[0].get("card") or "GPU not recorded"
     lines = [f"# Throughput ({device}, {where})", "",
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
              f"the same process, {rows[0].get('repeats', 1)} times each, alternately; the medians, and the median "

@@ -22,6 +22,8 @@ import copy
 import csv
 import itertools
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -60,8 +62,16 @@ def clock(device: torch.device) -> float:
 
 
 def centralized_meter(device: torch.device) -> Callable[[float], float]:
-    """Plain training of lower∘upper in the layout the loop pool would use (channels-last on the CPU, as in the
-    issue's reference measurement), warmed up by one step; the meter trains for `seconds` and returns samples/s."""
+    """Plain training of lower∘upper (centralized_step), warmed up by one step; the meter trains for `seconds` and
+    returns samples/s."""
+    step = centralized_step(device)
+    step()
+    return lambda seconds: timed(step, CENTRAL_BATCH, seconds, device)
+
+
+def centralized_step(device: torch.device) -> Callable[[], None]:
+    """One step of plain training of lower∘upper on CENTRAL_BATCH samples, in the layout the loop pool would use
+    (channels-last on the CPU, as in the issue's reference measurement)."""
     model = build_split_model("cnn", SHAPE, CLASSES)
     layout = loop_layout(model.lower.to(device), Layout.AUTO)
     net = torch.nn.Sequential(model.lower, model.upper).to(device, memory_format=layout)
@@ -74,8 +84,7 @@ def centralized_meter(device: torch.device) -> Callable[[float], float]:
         F.cross_entropy(net(x), y).backward()
         opt.step()
 
-    step()
-    return lambda seconds: timed(step, CENTRAL_BATCH, seconds, device)
+    return step
 
 
 def timed(work: Callable[[], None], samples: int, seconds: float, device: torch.device) -> float:
@@ -135,6 +144,7 @@ def run_cell(args: argparse.Namespace) -> None:
     if args.host_memory == "keep":  # before either rate: both run under the same allocator settings
         keep_freed_host_memory()
     device = resolve_device(args.device)
+    load = os.getloadavg()[0]  # the machine's 1-minute load before measuring: others' work competes for the cores
     central = centralized_meter(device)
     split, engine, work, recomputed = split_meter(algorithm, n_clients, per_client, args.engine[0], device,
                                                   args.activation_mb[0] if args.activation_mb else None)
@@ -149,11 +159,37 @@ def run_cell(args: argparse.Namespace) -> None:
                       "ratio_min": min(ratios), "ratio_max": max(ratios), "repeats": args.repeats,
                       "work_per_sample": work, "work_ratio": ratio * work,
                       "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads(),
-                      "host_memory": args.host_memory, "denormals": "flushed"}))
+                      "host_memory": args.host_memory, "denormals": "flushed", "load": [load, os.getloadavg()[0]],
+                      "processor": processor(), "cpus": os.cpu_count(),
+                      "card": torch.cuda.get_device_name(device) if device.type == "cuda" else None}))
+
+
+def processor() -> str:
+    """The CPU's model name (Linux), else what the platform module reports."""
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "unknown"
+
+
+def machine_line(rows: list[dict], device: str) -> str:
+    """Which machine, how fast it trained centrally, and how loaded it was, from the rows themselves."""
+    central = sorted(r["centralized_samples_per_s"] for r in rows)
+    loads = [v for r in rows for v in r.get("load", [])]
+    where = f"{rows[0]['processor']}, {rows[0]['cpus']} CPUs" if "processor" in rows[0] else "not recorded"
+    text = (f"Machine: {where}; centralized training on the {device} ran at {float(np.median(central)):,.0f} "
+            f"samples/s (median over the cells; {central[0]:,.0f}–{central[-1]:,.0f})")
+    return text + (f"; 1-minute load average {min(loads):.2f}–{max(loads):.2f} at the cells' start and end."
+                   if loads else "; load not recorded.")
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    where = torch.cuda.get_device_name() if device == "cuda" else f"{rows[0]['threads']} threads"
+    threads = rows[0]["threads"]
+    where = f"{threads} thread{'s' if threads != 1 else ''}"
+    if device == "cuda":
+        where = rows[0].get("card") or "GPU not recorded"
     lines = [f"# Throughput ({device}, {where})", "",
              "Training samples/s of each algorithm relative to centralized training of the same CNN, measured in "
              f"the same process, {rows[0].get('repeats', 1)} times each, alternately; the medians, and the median "
@@ -168,16 +204,17 @@ def markdown(rows: list[dict], device: str) -> str:
              f"defaults); this table: `{rows[0]['host_memory']}`. Denormal floats: "
              f"{rows[0].get('denormals', 'computed as such (measured before runs flushed them)')} "
              "(engine.flush_denormals). "
-             "`python benchmarks/throughput.py` regenerates this file.", "",
+             "`python benchmarks/throughput.py` regenerates this file. *load*: the machine's 1-minute load average "
+             "when the cell started and ended.", "", machine_line(rows, device), "",
              "| algorithm | clients | samples/client | engine | recomputed | samples/s | centralized | ratio | work "
-             "| work ratio | peak MB |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| work ratio | peak MB | load |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['algorithm']} | {r['n_clients']} | {r['per_client']} | {r['engine']} | "
                      f"{r.get('recomputed', 0):.0%} | "
                      f"{r['samples_per_s']:.0f} | {r['centralized_samples_per_s']:.0f} | {ratio_cell(r)} | "
                      f"{r['work_per_sample']:.2f} | {r['work_ratio']:.2f} | "
-                     f"{r['peak_memory_mb']:.0f} |")
+                     f"{r['peak_memory_mb']:.0f} | {'–'.join(f'{v:.1f}' for v in r.get('load', []))} |")
     return "\n".join(lines) + "\n\n" + targets_markdown(rows)
 
 
@@ -201,6 +238,8 @@ def parse_args() -> argparse.Namespace:
                              "system: glibc's defaults")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the Markdown table from the JSON of an earlier run (same --tag / --quick)")
+    parser.add_argument("--budget-s", type=float, help="wall seconds for the whole grid: cells that would not finish "
+                                                         "within them are left out and named")
     parser.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -233,21 +272,38 @@ def main() -> None:
             print(f"--report-only: no {saved} to rebuild the table from; run the measurements first", file=sys.stderr)
             sys.exit(2)
         return print(write_results(json.loads(saved.read_text()), tag, device))
+    rows, skipped = measure_cells(args, tag, device)
+    if skipped:
+        print(f"not measured within --budget-s {args.budget_s:g}: {', '.join(skipped)}", file=sys.stderr)
+    if not rows:
+        sys.exit(1)
+    print(write_results(rows, tag, device))
+
+
+def measure_cells(args: argparse.Namespace, tag: str, device: str) -> tuple[list[dict], list[str]]:
+    """Every cell in its own process, the results rewritten after each; cells that would start after
+    `--budget-s` seconds, or run past them, are left out and named (so one call fits a machine's time limit)."""
     cells = itertools.product(args.algorithms, args.clients, args.per_client, args.engine, args.activation_mb or [None])
-    rows = []
+    rows, skipped, start = [], [], time.perf_counter()
     for a, n, k, engine, budget in tqdm(list(cells), desc="throughput"):
         cmd = [sys.executable, __file__, "--cell", a, str(n), str(k), "--seconds", str(args.seconds),
                "--repeats", str(args.repeats), "--engine", engine, "--device", args.device,
                "--host-memory", args.host_memory]
         cmd += ["--activation-mb", str(budget)] if budget is not None else []
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
+        try:
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(cmd, 0)
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=left).stdout
+        except subprocess.TimeoutExpired:
+            skipped.append(f"{a}/{n}/{k}/{engine}")
+            continue
         rows.append(json.loads(out.strip().splitlines()[-1]))
         if any(r["engine"] == rows[-1]["engine"] and r["cell"] == rows[-1]["cell"]
                and r["recomputed"] == rows[-1]["recomputed"] for r in rows[:-1]):
             rows.pop()  # `auto` picked a pool measured already
-        text = write_results(rows, tag, device)
-    print(text)
-
+        write_results(rows, tag, device)
+    return rows, skipped
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,100 @@ def test_throughput_targets_say_where_each_algorithm_lands_and_its_ceiling_at_ps
     assert "| peak ≤ 8 GiB at 1,000 × 16 | psl | LoopClients, 62% recomputed | 4,732 MiB | yes | |" in text
     assert "| peak ≤ 8 GiB at 1,000 × 16 | locfedmix | LoopClients | 9,000 MiB | **no** | |" in text
     assert "locsplitfed" not in text and text.count("\n| ratio") == 6
+
+
+def test_throughput_targets_give_locfedmix_share_of_psl_flop_rate_and_one_line_per_n():
+    """#29: locfedmix's work ratio ÷ psl's in the same cell and pool, met at ≥ 0.9; the ratios per N side by side."""
+    from throughput_targets import targets_markdown
+
+    rows = [_throughput_row("psl", n, 16, r) for n, r in ((1, 0.6), (10, 0.8), (100, 1.0), (1000, 0.7))]
+    rows += [_throughput_row("locfedmix", 100, 16, 0.62, work=1.5),
+             _throughput_row("locfedmix", 1000, 16, 0.4, work=1.5),
+             _throughput_row("locfedmix", 10, 16, 0.5, work=1.5, engine="StackedClients")]  # no psl on its pool
+    text = targets_markdown(rows)
+    assert "| 100 × 16 | LoopClients | 0.93 | 1.00 | 0.93 | yes |" in text  # 0.62 × 1.5 = 0.93 of 1.0
+    assert "| 1,000 × 16 | LoopClients | 0.60 | 0.70 | 0.86 | **no** |" in text
+    close = targets_markdown([_throughput_row("psl", 100, 16, 0.996)])  # shown as 1.00, yet below 1.0
+    assert "| ratio ≥ 1.0 at 100 × 16 | psl | LoopClients | 1.00 (0.99–1.01) | **no** (0.996) |" in close
+    assert "| 10 × 16 | StackedClients" not in text
+    assert "| 16 | 1 | 0.60 (0.59–0.61) |  |" in text and "| 16 | 1,000 | 0.70 (0.69–0.71) | 0.40 (0.39–0.41) |" in text
+    assert [ln.split(" | ")[1] for ln in text.splitlines() if ln.startswith("| 16 | ")] == ["1", "10", "100", "1,000"]
+
+
+def test_throughput_table_names_the_machine_its_centralized_rate_and_load():
+    import throughput
+
+    rows = [{**_throughput_row("psl", 100, 16, 1.0), "load": [1.2, 1.5], "processor": "AMD EPYC", "cpus": 2},
+            {**_throughput_row("sfl", 100, 16, 0.9), "centralized_samples_per_s": 3000.0, "load": [1.1, 2.0],
+             "processor": "AMD EPYC", "cpus": 2}]
+    text = throughput.markdown(rows, "cpu")
+    assert "Machine: AMD EPYC, 2 CPUs; centralized training on the cpu ran at 2,000 samples/s (median over the " \
+           "cells; 1,000–3,000); 1-minute load average 1.10–2.00 at the cells' start and end." in text
+    assert "| 1.00 | 1000 | 1.2–1.5 |" in text
+
+
+def test_decoder_ways_give_the_loops_gradients_and_compile_fails_over(monkeypatch):
+    """benchmarks/decoder_speed.py: every way of computing the decoder lands on the loop's weight gradients (to
+    float32 rounding); where torch.compile cannot build (here: made to raise), its row says why instead."""
+    import decoder_speed
+
+    def fails_at_first_call(*args, **kwargs):  # as inductor does: compiling starts when the function first runs
+        def run(*inputs):
+            raise RuntimeError("no working C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(decoder_speed.torch, "compile", fails_at_first_call)
+    rows = decoder_speed.measure(3, 2, seconds=0.0, repeats=1)
+    ways = {row.split(" | ")[1]: row.split(" | ") for row in rows}
+    assert set(ways) == {"loop", "loop, last conv NCHW", "loop, last conv as tap sums", "batched (vmap)",
+                         "loop, torch.compile"}
+    assert ways["loop, torch.compile"][2] == "unavailable: RuntimeError: no working C++ compiler"
+    gaps = [float(cells[4].strip(" |")) for name, cells in ways.items() if name != "loop, torch.compile"]
+    assert all(g < 1e-5 for g in gaps) and any(g > 0 for g in gaps)  # other sums, the same gradients
+
+
+def gpu_command() -> list[str]:
+    """The arguments of the one GPU command docs/performance.md gives for the 10,000-client rows."""
+    page = (Path(__file__).parent.parent / "docs" / "performance.md").read_text()
+    (command,) = [block for block in re.findall(r"^```sh\n(.*?)^```", page, flags=re.S | re.M)
+                  if block.startswith("python benchmarks/throughput.py --device cuda")]
+    return command.replace("\\\n", " ").split()[2:]
+
+
+def test_the_documented_gpu_command_runs_on_the_cpu_at_tiny_sizes(tmp_path, monkeypatch, capsys):
+    """The documented command as written, but on the CPU with 3 clients × 2 samples (later options win): the table
+    and the targets come out; with no time budget left, every cell is named as not measured and nothing written."""
+    import throughput
+
+    command = gpu_command()
+    assert command[command.index("--clients") + 1] == "10000" and "--budget-s" in command
+    tiny = ["--device", "cpu", "--algorithms", "psl", "locfedmix", "--clients", "3", "--per-client", "2",
+            "--seconds", "0.05", "--repeats", "1"]
+    monkeypatch.setattr(throughput, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *command, *tiny, "--budget-s", "0"])
+    with pytest.raises(SystemExit) as spent:
+        throughput.main()
+    assert spent.value.code == 1 and "psl/3/2/auto, locfedmix/3/2/auto" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *command, *tiny])
+    throughput.main()
+    tag = command[command.index("--tag") + 1]
+    table = (tmp_path / f"THROUGHPUT-{tag}.md").read_text()
+    assert "| psl | 3 | 2 |" in table and "| locfedmix | 3 | 2 |" in table and "| 3 × 2 | StackedClients |" in table
+
+
+def test_profile_split_puts_convolutions_in_the_kernels_and_accounts_for_the_wall_time():
+    import profile_step
+    import torch
+
+    prof, seconds, samples = profile_step.profiled_centralized(65, torch.device("cpu"))
+    assert samples == 128  # whole steps of 64 until at least 65 samples
+    parts = profile_step.split(prof, seconds)
+    conv = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e6
+    assert conv > 0 and parts["kernels"] >= conv and parts["other operators"] > 0
+    assert sum(parts.values()) == pytest.approx(max(seconds, parts["kernels"] + parts["other operators"]))
+    line = profile_step.split_line("x", parts, samples)
+    assert line.startswith("| x | ") and line.count("|") == 6
 
 
 def test_throughput_report_only_rebuilds_the_table_from_the_saved_rows(tmp_path, monkeypatch, capsys):

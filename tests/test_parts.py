@@ -11,12 +11,13 @@ from torch import nn
 from locfedmix.algorithms.catalog import ALGORITHMS, resolve_algorithm
 from locfedmix.algorithms.fedavg import average_states, federated_average
 from locfedmix.algorithms.parts import Parallel, Sequential
-from locfedmix.algorithms.schedule import client_batches, plan_round
+from locfedmix.algorithms.schedule import client_batches, epoch_batches, plan_round
 from locfedmix.algorithms.objectives import reconstruction_loss
 from locfedmix.algorithms.parts import ReconstructionLoss, SmashMix
 from locfedmix.algorithms.server_batch import ServerBatch
 from locfedmix.algorithms.smashmix import draw_partners, mix, mixed_cross_entropy, smashmix_loss
 from locfedmix.errors import UserError
+from locfedmix.rng import numpy_generator
 
 
 def test_fedavg_of_identical_states_is_the_identity():
@@ -129,6 +130,20 @@ def test_client_batches_cover_the_local_data_once():
     batches = client_batches(idx, 5, np.random.default_rng(1))
     assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
     assert sorted(torch.cat(batches).tolist()) == idx.tolist()
+
+
+@pytest.mark.parametrize("size, batch_size", [(0, 4), (1, 4), (1, 1), (2, 1), (17, 4), (16, 16)])
+def test_epoch_batches_are_client_batches_with_the_clients_generator(size, batch_size):
+    """A round's batches as they were drawn before one-sample clients skipped their generator: the same tensors."""
+    idx = np.arange(40, 40 + size, dtype=np.int64)
+    ours = epoch_batches(idx, batch_size, 7, 3, 2)
+    theirs = client_batches(idx, batch_size, numpy_generator(7, "batches", 3, 2))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    if size:
+        ours[0][0] = -1
+        assert idx[0] == 40  # the batches do not share the caller's array
 
 
 def fake_batches(lengths):

@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from locfedmix.algorithms.schedule import StepPlan, client_batches, plan_round
+from locfedmix.algorithms.schedule import StepPlan, epoch_batches, plan_round
 from locfedmix.engines.flow.exchange import catch_up, hand_off, leave_relay, synchronize
 from locfedmix.engines.flow.participation import Attendance
 from locfedmix.engines.flow.state import Federation
@@ -53,7 +53,7 @@ def train_round(
     participation policy draws, each executed, charged to the ledger and the clock, with relay hand-offs and FedAvg
     of the clients that report when due. Returns the mean over steps of what `execute` returns."""
     batches = {
-        i: client_batches(client_indices[i], batch_size, numpy_generator(fed.seed, "batches", i, round_index))
+        i: epoch_batches(client_indices[i], batch_size, fed.seed, i, round_index)
         for i in fed.participation.participants(round_index)
     }
     attendance = fed.participation.attendance(round_index, {i: len(b) for i, b in batches.items()})

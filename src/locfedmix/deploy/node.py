@@ -82,8 +82,8 @@ def own_data(path: Path, config: Config) -> NodeData:
         raise DataError(f"node data '{path}' lacks {', '.join(missing)}; it needs x_train, y_train, x_test, y_test")
     x = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in arrays.items() if k.startswith("x_")}
     y = {k: torch.as_tensor(v, dtype=torch.int64) for k, v in arrays.items() if k.startswith("y_")}
-    evaluation = {split: (x[f"x_{short}"], y[f"y_{short}"]) for split, short in (("test", "test"), ("validation", "val"))
-                  if f"x_{short}" in x}
+    splits = (("test", "test"), ("validation", "val"))
+    evaluation = {split: (x[f"x_{short}"], y[f"y_{short}"]) for split, short in splits if f"x_{short}" in x}
     classes = int(max(int(t.max()) for t in y.values() if len(t)) + 1)
     return NodeData(x["x_train"], y["y_train"], evaluation, classes, own=True)
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from locfedmix.algorithms.schedule import StepPlan, client_batches, plan_round
+from locfedmix.algorithms.schedule import StepPlan, plan_round
 from locfedmix.data.sources import SourceDataset, as_input, input_of
+from locfedmix.engines.flow.round import round_batches
 from locfedmix.errors import UserError
 from locfedmix.rng import numpy_generator
 
@@ -96,8 +97,7 @@ class StreamedDataset(SourceDataset):
 
 def planned_steps(fed: Any, client_indices: list[np.ndarray], batch_size: int, round_index: int) -> list[StepPlan]:
     """The round's steps before admission (drop-outs, deadlines): the seeded draws of engines' train_round."""
-    batches = {i: client_batches(client_indices[i], batch_size, numpy_generator(fed.seed, "batches", i, round_index))
-               for i in fed.participation.participants(round_index)}
+    batches = round_batches(fed, client_indices, batch_size, round_index)
     return list(plan_round(fed.algo.schedule, batches, numpy_generator(fed.seed, "order", round_index)))
 
 

@@ -41,6 +41,13 @@ def data_step(x: torch.Tensor, y: torch.Tensor) -> StepExecutor:
     return execute
 
 
+def round_batches(fed: Federation, client_indices: list[np.ndarray], batch_size: int,
+                  round_index: int) -> dict[int, list[torch.Tensor]]:
+    """Each participating client's mini-batches of this round, in its seeded order."""
+    return {i: epoch_batches(client_indices[i], batch_size, fed.seed, i, round_index)
+            for i in fed.participation.participants(round_index)}
+
+
 def train_round(
     fed: Federation,
     client_indices: list[np.ndarray],
@@ -52,10 +59,7 @@ def train_round(
     """One round (each participating client passes once over its data): the schedule's steps for the clients the
     participation policy draws, each executed, charged to the ledger and the clock, with relay hand-offs and FedAvg
     of the clients that report when due. Returns the mean over steps of what `execute` returns."""
-    batches = {
-        i: epoch_batches(client_indices[i], batch_size, fed.seed, i, round_index)
-        for i in fed.participation.participants(round_index)
-    }
+    batches = round_batches(fed, client_indices, batch_size, round_index)
     attendance = fed.participation.attendance(round_index, {i: len(b) for i, b in batches.items()})
     losses = []
     for planned in plan_round(fed.algo.schedule, batches, numpy_generator(fed.seed, "order", round_index)):

@@ -62,8 +62,7 @@ def test_summary_reports_the_wire_bytes_and_time_of_every_kind_of_message(tmp_pa
     summary = run_loopback(run_config, 3)
     messages = json.loads((tmp_path / "summary.json").read_text())["deployment"]["messages"]
     assert summary["engine"] == "flower"
-    assert set(messages) == {"hello", "forward", "backward", "weights", "load", "evaluate", "save"}
-    assert messages["save"]["messages"] == 3  # every client saves its state at the checkpoint (after round 1)
+    assert set(messages) == {"hello", "forward", "backward", "weights", "load", "evaluate"}  # no node keeps state
     steps = summary["steps"]
     assert messages["forward"]["messages"] == messages["backward"]["messages"] == 3 * steps
     # the smashed data and labels go up in the forward replies (what the ledger counts, plus Flower's framing and

@@ -60,6 +60,8 @@ def test_a_restarted_server_resumes_every_client_where_it_was(tmp_path, one_thre
     locfedmix.run(locfedmix.validate(tree), tmp_path / "one", progress=False)
     summary = crash_and_resume(tmp_path, tree)
     assert summary["deployment"]["resumed"] == {"from_round": 2, "restored": [0, 1, 2], "not_restored": []}
+    messages = summary["deployment"]["messages"]  # counted on from the checkpoint: 4 checkpoints, 3 keeping nodes
+    assert messages["save"]["messages"] == 4 * 3 and messages["restore"]["messages"] == 3
     assert (tmp_path / "deployed" / "metrics.csv").read_text() == (tmp_path / "one" / "metrics.csv").read_text()
     events = [json.loads(line) for line in (tmp_path / "deployed" / "events.jsonl").read_text().splitlines()]
     assert [e["resumed_from_round"] for e in events if e["event"] == "run_start"] == [None, 2]
@@ -75,6 +77,7 @@ def test_a_node_that_kept_no_state_continues_from_the_global_model(tmp_path, one
     locfedmix.run(locfedmix.validate(tree), tmp_path / "one", progress=False)
     summary = crash_and_resume(tmp_path, tree, keeping=(0, 1))
     assert summary["deployment"]["resumed"]["not_restored"] == [2]
+    assert summary["deployment"]["messages"]["save"]["messages"] == 4 * 2  # only the nodes that keep state save
     assert (tmp_path / "deployed" / "metrics.csv").read_text() == (tmp_path / "one" / "metrics.csv").read_text()
 
 

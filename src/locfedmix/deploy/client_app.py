@@ -1,13 +1,15 @@
 """The Flower `ClientApp`: one client of a split-learning run on its own SuperNode. Each message the server sends
 is one of the client's parts of a step or an exchange (docs/deploy.md says which message carries what):
 
-    query.hello       → the client's id, sample count, label histogram, shapes and model fingerprint
+    query.hello       → the client's id, sample count, label histogram, shapes, model fingerprint, whether it keeps
+                        its state between runs (a state-dir)
     train.forward     step, batch positions → smashed data and labels (nothing kept)
     train.backward    step, batch positions, cut gradient (if any) → forward again, backward, optimizer step
     query.weights     → the lower model (and head): the relay's hand-back, FedAvg's upload
     train.load        lower model (and head) → loaded: the relay's hand-over, FedAvg's average
     evaluate.smashed  evaluation shards → their smashed data and labels, for the server's upper model
-    train.save        deployment id, round → the client's state saved on its node, beside the server's checkpoint
+    train.save        deployment id, round → the client's state saved on its node (state-dir), beside the server's
+                        checkpoint
     train.restore     deployment id, round → that saved state loaded: a restarted server's deployment continues
 
 The client's models and optimizer live in the node's context between messages (`context.state`); a message that
@@ -73,7 +75,8 @@ def hello(message: Message, context: Context) -> Message:
     reply = ConfigRecord({"client": node.client, "samples": len(node.data.y), "digest": node.digest(),
                           "histogram": json.dumps(node.data.histogram()), "classes": node.data.n_classes,
                           "input_shape": json.dumps(list(node.data.input_shape)),
-                          "evaluation": json.dumps(evaluation), "own": node.data.own})
+                          "evaluation": json.dumps(evaluation), "own": node.data.own,
+                          "keeps": "state-dir" in context.node_config})
     return Message(RecordDict({"config": reply}), reply_to=message)
 
 
@@ -149,13 +152,13 @@ def store(node: ClientNode, message: Message, context: Context) -> tuple[NodeSto
 
 @app.train("save")
 def save(message: Message, context: Context) -> Message:
-    """The client's state saved on this node for the round the server checkpoints (nothing without a state-dir)."""
+    """The client's state saved on this node for the round the server checkpoints."""
     node = open_node(context)
     where, round_index = store(node, message, context)
-    if where:
-        where.save(node.pool.state_dict(), round_index)
-    reply = ConfigRecord({"saved": where is not None, "digest": node.digest()})
-    return Message(RecordDict({"config": reply}), reply_to=message)
+    if where is None:
+        raise ValueError("this node keeps no state between runs (its node config has no state-dir)")
+    where.save(node.pool.state_dict(), round_index)
+    return acknowledge(node, message)
 
 
 @app.train("restore")

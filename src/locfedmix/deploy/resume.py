@@ -30,25 +30,26 @@ def new_deployment_id() -> str:
     return uuid4().hex
 
 
-def _ask_all(link: FlowerLink, kind: str, deployment: str, round_index: int) -> dict[int, RecordDict]:
+def _ask(link: FlowerLink, kind: str, ids: list[int], deployment: str, round_index: int) -> dict[int, RecordDict]:
     record = {"deployment": deployment, "round": round_index}
-    contents = {i: RecordDict({"config": ConfigRecord(record)}) for i in sorted(link.digests)}
+    contents = {i: RecordDict({"config": ConfigRecord(record)}) for i in ids}
     return link.messenger.exchange(kind, contents, tolerate=True)
 
 
-def checkpointing(link: FlowerLink, config: Config, state: dict[str, Any]) -> Callable[[Federation, int], None]:
-    """The round hook (Workload.after_round) of a deployment: at a round the server checkpoints, the clients save
-    their states on their nodes first, and the link's state joins what the server's checkpoint holds (`state`)."""
+def checkpointing(link: FlowerLink, config: Config, state: dict[str, Any],
+                  keeping: list[int]) -> Callable[[Federation, int], None]:
+    """The round hook (Workload.after_round) of a deployment: at a round the server checkpoints, the clients whose
+    nodes keep state (`keeping`: a state-dir) save theirs first, and the link's state joins what the server's
+    checkpoint holds (`state`)."""
+    others = sorted(set(link.digests) - set(keeping))
+    if others and config.checkpoint_every:
+        log.info("clients %s keep no state on their nodes (no state-dir): a resumed deployment restarts them from "
+                 "the last FedAvg average, or from their initial model", others)
 
     def after_round(fed: Federation, round_index: int) -> None:
-        if not checkpoint_due(config, round_index):
-            return
-        replies = _ask_all(link, "save", state["deployment"], round_index)
-        unsaved = sorted(i for i, content in replies.items() if not setting(content, "saved", False))
-        if unsaved:
-            log.info("clients %s keep no state on their nodes (no state-dir): a resumed deployment restarts them "
-                     "from the last FedAvg average, or from their initial model", unsaved)
-        state["link"] = link.state_dict()
+        if checkpoint_due(config, round_index):
+            _ask(link, "save", keeping, state["deployment"], round_index)
+            state["link"] = link.state_dict()
 
     return after_round
 
@@ -62,11 +63,11 @@ def resumed_state(checkpoint: dict[str, Any], defaults: dict[str, Any], path: Pa
     return {key: checkpoint.get(key, default) for key, default in defaults.items()} | {"link": checkpoint["link"]}
 
 
-def restore_clients(fed: Federation, link: FlowerLink, state: dict[str, Any]) -> dict[str, Any]:
-    """After the server's checkpoint is loaded: every client loads its state of the checkpoint's round. Returns
-    which did and which did not (for summary.json)."""
+def restore_clients(fed: Federation, link: FlowerLink, state: dict[str, Any], keeping: list[int]) -> dict[str, Any]:
+    """After the server's checkpoint is loaded: every client that keeps state loads its state of the checkpoint's
+    round. Returns which did and which did not (for summary.json)."""
     link.load_state_dict(state["link"])
-    replies = _ask_all(link, "restore", state["deployment"], state["round"])
+    replies = _ask(link, "restore", keeping, state["deployment"], state["round"])
     restored = sorted(i for i, content in replies.items() if setting(content, "restored", False))
     behind = sorted(set(link.digests) - set(restored))
     if fed.holder in behind:

@@ -171,6 +171,7 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     link = FlowerLink(messenger, cut_shape, templates, {i: c["digest"] for i, c in clients.items()},
                       config.client_optimizer.on_sync == "reset")
     sizes = [int(clients[i]["samples"]) for i in range(config.n_clients)]
+    keeping = [i for i in range(config.n_clients) if clients[i]["keeps"]]
     fed = build_federation(config, config.resolved_algorithm(), input_shape, n_classes, sizes, link=link)
     work = Workload([np.arange(n) for n in sizes], remote_step(link), remote_row(link, config, clients))
     run_dir = RunDirectory(settings.out, config, settings.overwrite, settings.resume)
@@ -182,9 +183,9 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
         if checkpoint is not None:
             restore_federation(fed, checkpoint, run_dir.checkpoint)
             state = resumed_state(checkpoint, state, run_dir.checkpoint)
-            resumed = restore_clients(fed, link, state)
+            resumed = restore_clients(fed, link, state, keeping)
             run_dir.write_config()
-        work.after_round = checkpointing(link, config, state)
+        work.after_round = checkpointing(link, config, state, keeping)
         run_dir.begin(checkpoint, settings.resume)
         train_rounds(fed, work, config, run_dir, state, False, None, True)
         summary = run_summary(fed, config, state["rows"], time.perf_counter() - started, state["train_seconds"])

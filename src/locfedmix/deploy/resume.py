@@ -1,8 +1,9 @@
 """Checkpoints of a deployment, and a server restarted from one (`deploy.resume`). The server's checkpoint holds
 what it owns: the upper model(s), the ledger, the clock, the relay's state, the last FedAvg average and each
 client's fingerprint. The clients' models and optimizers stay on their machines: at every round the server
-checkpoints, each client first saves its state on its node (`train.save`; deploy/node_store.py), and a restarted
-server asks each one to load the state of the checkpoint's round (`train.restore`). A client that cannot (its node
+checkpoints, each client whose node keeps state (a `state-dir`) first saves its state there (`train.save`;
+deploy/node_store.py), and a restarted server asks each to load its state of the checkpoint's round
+(`train.restore`). A client that cannot (its node
 keeps no `state-dir`, or lost it) is found stale at its next step, as a node that restarted is: it takes the last
 FedAvg average, or goes on from its initial model where the algorithm has none; a relay holder among them hands
 nothing back (its turn is lost, as when a holder fails)."""

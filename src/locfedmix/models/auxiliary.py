@@ -4,6 +4,8 @@ The classifier head follows LocSplitFed (Han et al. 2021); the input-reconstruct
 follows InfoPro (Wang et al., ICLR 2021).
 """
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,9 +38,16 @@ def interpolation_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Ten
 
 def tap_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
     """[n_out, 3·n_in]: the interpolation matrix read at output offsets -1, 0, +1 (rows past the edge zero, as the
-    convolution's zero padding), side by side: one axis of "resize, then a 3-tap convolution"."""
-    padded = F.pad(interpolation_matrix(n_in, n_out, like), (0, 0, 1, 1))
-    return torch.cat([padded[d:d + n_out] for d in range(3)], dim=1)
+    convolution's zero padding), side by side: one axis of "resize, then a 3-tap convolution". A constant of the
+    sizes, built once per (sizes, dtype, device): building it took ~20 operators, twice per decoder call."""
+    return _tap_matrix(n_in, n_out, like.dtype, like.device)
+
+
+@lru_cache(maxsize=64)
+def _tap_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        padded = F.pad(interpolation_matrix(n_in, n_out, torch.empty(0, dtype=dtype, device=device)), (0, 0, 1, 1))
+        return torch.cat([padded[d:d + n_out] for d in range(3)], dim=1)
 
 
 class UpsampledConv(nn.Module):

@@ -13,6 +13,8 @@ import pytest
 from locfedmix.algorithms.catalog import ALGORITHMS
 from locfedmix.api import run
 from locfedmix.config import validate
+from locfedmix.report.runs import read_metrics
+from locfedmix.selection import validation_selected
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import device_check  # noqa: E402
@@ -63,6 +65,12 @@ def test_report_summarizes_finished_cells(tmp_path):
     text = write_report(grid_dir, {"convergence": [], "ablations": [], "readings": []}, report, preface)
     assert "| psl | 2 |" in text and "| locfedmix | 2 |" in text
     assert "vs `psl`: final accuracy" in text
+    # beside the best test accuracy over rounds (picked on test), the test accuracy of the round picked on validation
+    picked = [validation_selected(read_metrics(grid_dir / "convergence" / "psl" / f"seed{s}" / "metrics.csv"))
+              for s in (0, 1)]
+    accuracy = [chosen["test_accuracy"] for chosen in picked]
+    row = next(x for x in text.splitlines() if x.startswith("| psl | 2 |"))
+    assert row.split(" | ")[3] == f"{100 * np.mean(accuracy):.2f} ± {100 * np.std(accuracy):.2f}"
     # the findings rank LocFedMix-SL by its mean final test accuracy, and judge the claim against `sfl` (the one
     # rival of the abstract that ran) by whether the mean ± std intervals separate
     finals = {a: np.array([final_test_accuracy(grid_dir / "convergence" / a / f"seed{s}") for s in (0, 1)])

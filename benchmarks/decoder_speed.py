@@ -6,7 +6,8 @@ client with its own decoder weights, and how far each way's outputs and gradient
 
 Ways: *loop* (the loop pool today: one decoder call per client), *loop, last conv NCHW* (the last convolution reads
 a contiguous NCHW copy instead of the channels-last maps UpsampledConv writes), *loop, last conv as tap sums* (the
-stacked pool's TapSumConv2d outside vmap), *loop, torch.compile* (inductor's CPU code generation, one compiled
+stacked pool's TapSumConv2d outside vmap), *loop, planar products* (PlanarDecoder: every step a product whose long
+side is its last), *loop, torch.compile* (inductor's CPU code generation, one compiled
 function for every client's decoder; "unavailable" with the reason where it cannot compile, e.g. no C++ compiler),
 and *batched* (all clients' decoders in one torch.func.vmap call over their stacked weights, as the stacked pool runs
 them). Each way is timed `--repeats` times, alternately; the table holds each way's median time and its median ratio
@@ -31,7 +32,7 @@ from locfedmix.engines.backends.denormals import denormals_flushed
 from locfedmix.engines.backends.host_memory import keep_freed_host_memory
 from locfedmix.engines.backends.stacked_layers import TapSumConv2d, stacked_runner
 from locfedmix.engines.flow.round import train_round
-from locfedmix.models.auxiliary import build_decoder
+from locfedmix.models.auxiliary import build_decoder, tap_matrix
 from throughput import BATCH, warm_federation
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,6 +48,34 @@ class NCHWInput(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x.contiguous())
+
+
+class PlanarDecoder(torch.nn.Module):
+    """The default decoder (UpsampledConv, ReLU, 3×3 convolution) as matrix products whose long side is the last
+    one: one BLAS call per step with a few rows and thousands of columns, where the engine's products have thousands
+    of rows and 9-144 columns and its last convolution is oneDNN's, whose cost does not fall below 16 outputs. The
+    last convolution's taps are summed by in-place adds on a padded canvas (its backward reads slices of one
+    gradient). Same weights as the decoder it wraps."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        super().__init__()
+        self.up, self.last = decoder[0], decoder[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (b, c, h, w), (big_h, big_w), o = x.shape, self.up.size, self.up.conv.out_channels
+        mix = self.up.conv.weight.permute(2, 3, 0, 1).reshape(9 * o, c)  # rows (dy, dx, o)
+        z = (mix @ x.permute(1, 0, 2, 3).reshape(c, b * h * w)).view(3, 3, o, b, h, w)
+        z = tap_matrix(h, big_h, x) @ z.permute(0, 4, 1, 2, 3, 5).reshape(3 * h, 3 * o * b * w)  # height
+        z = z.view(big_h, 3, o, b, w).permute(3, 2, 0, 1, 4).reshape(b * o * big_h, 3 * w) @ tap_matrix(w, big_w, x).T
+        maps = torch.relu(z.view(b, o, big_h, big_w) + self.up.conv.bias.view(o, 1, 1))
+        out = self.last.out_channels
+        flipped = self.last.weight.flip(2, 3).permute(0, 2, 3, 1).reshape(out * 9, o)  # rows (out, ky, kx)
+        taps = torch.bmm(flipped.expand(b, -1, -1), maps.view(b, o, big_h * big_w)).view(b, out, 9, big_h, big_w)
+        canvas = taps.new_zeros(b, out, big_h + 2, big_w + 2)
+        for t, tap in enumerate(taps.unbind(2)):  # out[y, x] += tap_t[y - ky + 1, x - kx + 1]
+            ky, kx = divmod(t, 3)
+            canvas[:, :, ky:ky + big_h, kx:kx + big_w] += tap
+        return canvas[:, :, 1:big_h + 1, 1:big_w + 1] + self.last.bias.view(out, 1, 1)
 
 
 def with_last_conv(decoder: torch.nn.Module, how: str) -> torch.nn.Module:
@@ -93,6 +122,8 @@ def ways(n: int, k: int) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     for how, name in (("nchw", "loop, last conv NCHW"), ("taps", "loop, last conv as tap sums")):
         variant = [with_last_conv(d, how) for d in decoders]
         out[name] = (looped(variant), variant)
+    variant = [PlanarDecoder(d) for d in copy.deepcopy(decoders)]
+    out["loop, planar products"] = (looped(variant), variant)
     variant = copy.deepcopy(decoders)
     out["loop, torch.compile"] = (compiled(variant), variant)
     loss, params = batched(decoders)

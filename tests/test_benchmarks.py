@@ -269,8 +269,8 @@ def test_decoder_ways_give_the_loops_gradients_and_compile_fails_over(monkeypatc
     monkeypatch.setattr(decoder_speed.torch, "compile", fails_at_first_call)
     rows = decoder_speed.measure(3, 2, seconds=0.0, repeats=1)
     ways = {row.split(" | ")[1]: row.split(" | ") for row in rows}
-    assert set(ways) == {"loop", "loop, last conv NCHW", "loop, last conv as tap sums", "batched (vmap)",
-                         "loop, torch.compile"}
+    assert set(ways) == {"loop", "loop, last conv NCHW", "loop, last conv as tap sums", "loop, planar products",
+                         "batched (vmap)", "loop, torch.compile"}
     assert ways["loop, torch.compile"][2] == "unavailable: RuntimeError: no working C++ compiler"
     gaps = [float(cells[4].strip(" |")) for name, cells in ways.items() if name != "loop, torch.compile"]
     assert all(g < 1e-5 for g in gaps) and any(g > 0 for g in gaps)  # other sums, the same gradients

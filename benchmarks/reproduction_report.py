@@ -207,6 +207,29 @@ def replay_note(grid_dir: Path, path: Path) -> str:
             f"without training: [{replayed.name}]({replayed.name}).")
 
 
+def side_by_side(grid_dir: Path, grid: dict) -> list[str]:
+    """Final test accuracy of every cell the grid shares with its unstandardized twin (`<grid>-unstandardized`,
+    pixels in [0, 1]), both beside each other: what standardizing the inputs changed. Empty for the twin itself."""
+    twin = grid_dir.with_name(grid_dir.name + "-unstandardized")
+    if grid_dir.name.endswith("-unstandardized") or not twin.is_dir():
+        return []
+    rows = []
+    for experiment in grid:
+        ours, theirs = load_cells(grid_dir, experiment), load_cells(twin, experiment)
+        for label in sorted(set(ours) & set(theirs)):
+            new, old = (final_values(runs, "test_accuracy") for runs in (ours[label], theirs[label]))
+            rows.append(f"| {experiment} | {label} | {fmt(old)} ({len(old)}) | {fmt(new)} ({len(new)}) "
+                        f"| {100 * (np.mean(new) - np.mean(old)):+.2f} | {verdict(new, old)} |")
+    if not rows:
+        return []
+    return ["## Standardized inputs against pixels in [0, 1]", "",
+            "Final test accuracy (%, mean ± std, seeds in brackets) of the cells this grid shares with "
+            f"`{os.path.relpath(twin)}`, whose runs fed the models unstandardized pixels; *change*: standardized minus "
+            "unstandardized, in points; *verdict*: the standardized run's mean ± std interval against the other's.",
+            "", "| experiment | cell | pixels in [0, 1] | standardized | change | verdict |",
+            "|---|---|---:|---:|---:|---|", *rows, ""]
+
+
 def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> str:
     """The whole report: the header, `preface` (the findings), then one section per experiment."""
     parts = [f"# Reproduction of LocFedMix-SL's claims ({grid_dir.name} grid)", "",
@@ -216,7 +239,7 @@ def write_report(grid_dir: Path, grid: dict, path: Path, preface: list[str]) -> 
              f"{setup_note(grid_dir)}, Adam 1e-3 on clients and server, batch 32. "
              "Simulated seconds use the `phone-lte` profile; the target accuracy is 80%." + inputs_note(grid_dir)
              + copies_note(grid_dir) + replay_note(grid_dir, path),
-             "", *preface]
+             "", *preface, *side_by_side(grid_dir, grid)]
     for experiment in grid:
         cells = load_cells(grid_dir, experiment)
         if not cells:

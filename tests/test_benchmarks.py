@@ -92,6 +92,31 @@ def test_report_summarizes_finished_cells(tmp_path):
                                            "the ResNet cut after its second stage, run on cpu")
 
 
+def write_cell(folder: Path, test_accuracy: float) -> None:
+    """A finished seed of a grid cell whose one round ends at `test_accuracy`."""
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text("{}")
+    (folder / "metrics.csv").write_text(
+        "round,step,algorithm,n_clients,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,bytes_up,"
+        f"bytes_down,simulated_seconds\n1,10,sfl,2,1.0,1.0,0.5,1.0,{test_accuracy},1,1,1.0\n")
+
+
+def test_report_puts_the_standardized_grid_beside_its_unstandardized_twin(tmp_path):
+    """The cells both grids hold, final test accuracy side by side with the change in points and the verdict; a
+    cell only one grid holds is left out, and the twin's own report has no such section."""
+    from reproduction_report import side_by_side
+
+    grid, twin = tmp_path / "full", tmp_path / "full-unstandardized"
+    for seed, (new, old) in enumerate([(0.85, 0.80), (0.87, 0.82)]):
+        write_cell(grid / "convergence" / "sfl" / f"seed{seed}", new)
+        write_cell(twin / "convergence" / "sfl" / f"seed{seed}", old)
+        write_cell(grid / "convergence" / "psl" / f"seed{seed}", 0.7)
+    lines = side_by_side(grid, {"convergence": [], "ablations": []})
+    rows = [line for line in lines if line.startswith("| convergence |")]
+    assert rows == ["| convergence | sfl | 81.00 ± 1.00 (2) | 86.00 ± 1.00 (2) | +5.00 | ahead |"]
+    assert side_by_side(twin, {"convergence": []}) == []
+
+
 def test_a_cell_equal_to_another_runs_once_and_is_copied(tmp_path, monkeypatch):
     """`scalability`'s sfl at N = 10 is `convergence`'s sfl: one run (on whichever device), copied and labelled."""
     ran = []

@@ -197,6 +197,18 @@ def round_rows(n: int, k: int, seconds: float, repeats: int) -> list[str]:
             f"{statistics.median(c for _, c in pairs):.0f} | {statistics.median(c / e for e, c in pairs):.2f} |"]
 
 
+def last_conv_rows(k: int, seconds: float, repeats: int) -> list[str]:
+    """The decoder's last convolution alone (16 channels-last maps of the input's size, 3×3, padding 1), forward and
+    backward, at several output counts: what oneDNN charges for the few outputs the decoder has."""
+    maps = torch.randn(k, SHAPE[1], SHAPE[2], 16).permute(0, 3, 1, 2).requires_grad_()
+    rows = []
+    for outputs in (1, SHAPE[0], 8, 16):
+        conv = torch.nn.Conv2d(16, outputs, 3, padding=1)
+        times = [timed(lambda: conv(maps).sum().backward(), seconds) for _ in range(repeats)]
+        rows.append(f"| {outputs} | {statistics.median(times) * 1e6:.0f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", nargs="+", default=["100/16", "1000/1"], help="CLIENTS/SAMPLES")
@@ -216,6 +228,9 @@ def main() -> None:
     for cell in args.cells:
         n, k = (int(v) for v in cell.split("/"))
         lines += measure(n, k, args.seconds, args.repeats)
+    lines += ["", f"The last convolution alone (16 maps of {SHAPE[1]}×{SHAPE[2]} → outputs, 3×3), forward and "
+              "backward of 16 samples, µs (median over repeats):", "", "| outputs | µs |", "|---:|---:|",
+              *last_conv_rows(16, args.seconds, args.repeats)]
     if args.round:
         lines += ["", "Whole `locfedmix` rounds on the loop pool, training samples/s (medians), decoders eager and "
                   "compiled, and the median of the per-repeat ratios:", "",

@@ -299,6 +299,10 @@ def test_decoder_ways_give_the_loops_gradients_and_compile_fails_over(monkeypatc
     assert ways["loop, torch.compile"][2] == "unavailable: RuntimeError: no working C++ compiler"
     gaps = [float(cells[4].strip(" |")) for name, cells in ways.items() if name != "loop, torch.compile"]
     assert all(g < 1e-5 for g in gaps) and any(g > 0 for g in gaps)  # other sums, the same gradients
+    # the last convolution alone, at the decoder's own output count (the image's channels) and around it
+    rows = decoder_speed.last_conv_rows(2, seconds=0.0, repeats=1)
+    assert [int(row.split(" | ")[0].strip("| ")) for row in rows] == [1, decoder_speed.SHAPE[0], 8, 16]
+    assert all(float(row.split(" | ")[1].strip(" |")) > 0 for row in rows)
 
 
 def gpu_command() -> list[str]:

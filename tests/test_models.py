@@ -136,6 +136,17 @@ def test_upsampled_conv_is_upsample_then_conv(small, size, layout) -> None:
                                    atol=1e-10, rtol=1e-10)
 
 
+def test_upsampled_conv_trains_after_a_first_call_under_inference_mode() -> None:
+    """The layer's resizing matrices are built once per size and kept; built first under torch.inference_mode (an
+    evaluation before any training), they must still be usable by a later forward that autograd records."""
+    layer = UpsampledConv(2, 3, (13, 9))  # sizes no other test uses, so that this call builds the matrices
+    with torch.inference_mode():
+        layer(torch.randn(1, 2, 4, 3))
+    x = torch.randn(1, 2, 4, 3, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.conv.weight.grad is not None
+
+
 def test_aux_classifier_is_tiny() -> None:
     head = build_aux_classifier((32, 16, 16), 10)
     assert sum(p.numel() for p in head.parameters()) == 32 * 10 + 10

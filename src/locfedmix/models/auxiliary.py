@@ -45,7 +45,8 @@ def tap_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def _tap_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    with torch.no_grad():
+    # a plain tensor even when first built under inference_mode, so that training may save it for backward later
+    with torch.inference_mode(False), torch.no_grad():
         padded = F.pad(interpolation_matrix(n_in, n_out, torch.empty(0, dtype=dtype, device=device)), (0, 0, 1, 1))
         return torch.cat([padded[d:d + n_out] for d in range(3)], dim=1)
 
